@@ -1,0 +1,23 @@
+"""MLflow adapter: runs, params, metrics, artifacts and dataset lineage against the tracking server."""
+
+from components.tracking.runs import (
+    artifact_sha256,
+    download_artifact,
+    git_revision,
+    log_bytes,
+    log_json,
+    mlflow_ui_url,
+    run_url,
+    start_run,
+)
+
+__all__ = [
+    "artifact_sha256",
+    "download_artifact",
+    "git_revision",
+    "log_bytes",
+    "log_json",
+    "mlflow_ui_url",
+    "run_url",
+    "start_run",
+]

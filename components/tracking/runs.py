@@ -1,0 +1,88 @@
+"""Runs and artifacts on the MLflow tracking server named by `MLFLOW_TRACKING_URI`.
+
+Artifacts go through the server (`--serve-artifacts`), so clients need no storage credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+
+from wallwm.util.atomic import sha256_file
+
+
+def git_revision(cwd: Path | None = None) -> str:
+    """The checkout's commit, with `-dirty` when it has uncommitted changes; `unknown` outside git."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def start_run(
+    experiment: str, run_name: str, tags: dict[str, str] | None = None, nested: bool = False
+) -> Iterator[Run]:
+    """An MLflow run in `experiment`, tagged with the git revision (and the Prefect run if any)."""
+    mlflow.set_experiment(experiment)
+    base_tags = {"wallwm.git_revision": git_revision(), "mlflow.source.git.commit": git_revision()}
+    if pr := os.environ.get("PREFECT__FLOW_RUN_ID"):
+        base_tags["prefect.flow_run_id"] = pr
+    with mlflow.start_run(
+        run_name=run_name, tags={**base_tags, **(tags or {})}, nested=nested
+    ) as run:
+        yield run
+
+
+def log_bytes(data: bytes, artifact_path: str) -> None:
+    """Log raw bytes as an artifact at `artifact_path` (folder/name) in the active run."""
+    folder, _, name = artifact_path.rpartition("/")
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / name
+        p.write_bytes(data)
+        mlflow.log_artifact(str(p), artifact_path=folder or None)
+
+
+def log_json(obj: Any, artifact_path: str) -> None:
+    log_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), artifact_path)
+
+
+def download_artifact(run_id: str, artifact_path: str, dst: Path) -> Path:
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)
+        )
+    )
+
+
+def artifact_sha256(run_id: str, artifact_path: str) -> str:
+    with tempfile.TemporaryDirectory() as d:
+        return sha256_file(download_artifact(run_id, artifact_path, Path(d)))
+
+
+def mlflow_ui_url() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def run_url(run: Run) -> str:
+    base = mlflow.get_tracking_uri().rstrip("/")
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

@@ -1,0 +1,140 @@
+"""`wallwm`: the command line of the platform (one sub-command per stage, plus the local stack).
+
+Every command takes `--params FILE` (merged over params.yaml) and `--set key.path=value`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from wallwm.config import ConfigError, Params, load_params
+
+app = typer.Typer(
+    help="WALL-WM platform: data builds, training, export and release of the event-level "
+    "world-action model. Start with `wallwm stack up`, then `wallwm retrain`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Show and check the resolved configuration.", no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The local service stack: MLflow, S3, Prefect, Ray.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+app.add_typer(stack_app, name="stack")
+
+console = Console()
+err = Console(stderr=True)
+
+ParamsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--params", help="Extra YAML merged over params.yaml (repeatable)."),
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override one key, e.g. --set train.max_steps=50.")
+]
+
+
+def resolve(params: list[Path] | None, sets: list[str] | None) -> Params:
+    """Load the configuration or exit 2 with the loader's message."""
+    try:
+        return load_params(extra_files=params or [], sets=sets or [])
+    except ConfigError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@config_app.command("show")
+def config_show(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="yaml or json")] = "yaml",
+) -> None:
+    """Print the resolved configuration (params.yaml + --params + --set), validated."""
+    p = resolve(params, set_)
+    data = p.model_dump(mode="json")
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    elif fmt == "yaml":
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+    else:
+        err.print(f"[bold red]error:[/] --format {fmt!r}: allowed are yaml, json")
+        raise typer.Exit(2)
+
+
+def _print_stack(state) -> None:
+    table = Table(title=f"wallwm stack ({state.home})")
+    for col in ("service", "url", "state", "pid", "note"):
+        table.add_column(col)
+    for s in state.services.values():
+        if s.external:
+            mark = (
+                "[green]external, reachable[/]" if s.healthy else "[yellow]external, unreachable[/]"
+            )
+        elif s.healthy:
+            mark = "[green]healthy[/]"
+        elif s.running:
+            mark = "[yellow]running, not answering[/]"
+        else:
+            mark = "[red]stopped[/]"
+        table.add_row(s.name, s.url or "-", mark, str(s.pid or "-"), s.note)
+    console.print(table)
+
+
+@stack_app.command("up")
+def stack_up(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Start the services that are not running (or given by env vars) and wait for health."""
+    from components.stack import StackError, up
+
+    p = resolve(params, set_)
+    try:
+        with console.status("starting the local stack (MLflow, S3, Prefect, Ray)..."):
+            state = up(p.services)
+    except StackError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    _print_stack(state)
+    console.print(f"addresses written to {Path(state.home) / 'stack.env'}")
+
+
+@stack_app.command("status")
+def stack_status(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Each service with its URL, whether it runs and whether it answers."""
+    from components.stack import status
+
+    p = resolve(params, set_)
+    state = status(params=p.services)
+    _print_stack(state)
+    ours = [s for s in state.services.values() if not s.external and s.url]
+    if ours and not all(s.healthy for s in ours):
+        raise typer.Exit(3)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every process `stack up` started, and nothing else. Data stays under the home."""
+    from components.stack import down
+
+    n = down()
+    console.print(f"stopped {n} process(es); data kept")
+
+
+@app.command("retrain")
+def retrain(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """The end-to-end retrain flow (what `make run` runs), against the running stack."""
+    from flows.retrain import main
+
+    resolve(params, set_)  # fail fast on a bad configuration
+    raise typer.Exit(main(params=[str(x) for x in params or []], sets=set_ or []))
+
+
+if __name__ == "__main__":
+    app()
