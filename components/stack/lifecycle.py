@@ -146,7 +146,8 @@ def up(
     params: ServicesParams, home: Path | None = None, timeout: float | None = None
 ) -> StackState:
     """Start every service not already running or provided; wait until all are healthy."""
-    home = home or wallwm_home()
+    home = (home or wallwm_home()).resolve()
+    home.mkdir(parents=True, exist_ok=True)
     sid = stack_id(home)
     state_file = home / "stack.json"
     prev = StackState.load(state_file)
@@ -169,6 +170,7 @@ def up(
         "ray_tmp": str(_ray_tmp(home)),
     }
     started: list[str] = []
+    s3_moved = False
 
     def launch(name: str) -> None:
         svc_spec = spec[name]
@@ -183,7 +185,14 @@ def up(
                 note=f"from ${svc_spec['env_var']}; not started",
             )
             return
-        if old and not old.external and alive(old.pid) and old.port is not None:
+        depends_moved = name == "mlflow" and s3_moved
+        if (
+            old
+            and not old.external
+            and alive(old.pid)
+            and old.port is not None
+            and not depends_moved
+        ):
             if _healthy(svc_spec, host, old.port, old.url):
                 state.services[name] = ServiceState(
                     **{**asdict(old), "running": True, "healthy": True, "note": "already running"}
@@ -193,6 +202,8 @@ def up(
         # A stale process of ours (e.g. after a crash of `up`) would hold the data dir: stop it.
         stop_marked(sid, name, timeout=10)
         wanted = getattr(params, name).port
+        if old and not old.external and old.port and (not wanted or wanted == old.port):
+            wanted = old.port  # keep addresses stable across restarts (bookmarks, env files)
         port, note = _pick_port(name, wanted, host, params.on_port_taken, taken)
         taken.add(port)
         data = home / name
@@ -240,6 +251,8 @@ def up(
         launch("s3")
         s3 = state.services["s3"]
         values["s3_url"] = s3.url
+        prev_s3 = prev.services.get("s3") if prev else None
+        s3_moved = bool(prev_s3 and prev_s3.url != s3.url)  # mlflow must follow a moved S3
         for name in ("prefect", "ray"):
             launch(name)
         wait("s3")
@@ -353,7 +366,7 @@ def status(home: Path | None = None, params: ServicesParams | None = None) -> St
 
 def down(home: Path | None = None) -> int:
     """Stop every process this stack started (and nothing else); return how many were stopped."""
-    home = home or wallwm_home()
+    home = (home or wallwm_home()).resolve()
     sid = stack_id(home)
     prev = StackState.load(home / "stack.json")
     stopped = 0

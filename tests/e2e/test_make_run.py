@@ -1,0 +1,68 @@
+"""What `make run` does, as a user runs it: stack up, retrain, status, down, on free ports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.stack.home import stack_id
+from components.stack.process import marked_processes
+from tests.conftest import ROOT, SERVICE_VARS, free_port_params
+
+pytestmark = pytest.mark.e2e
+WALLWM = str(Path(sys.executable).parent / "wallwm")
+
+
+def _run(args: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [WALLWM, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"wallwm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def test_stack_up_retrain_down(tmp_path):
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    env.update(WALLWM_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect"), COLUMNS="200")
+    sets = [a for s in free_port_params() for a in ("--set", s)]
+    try:
+        _run(["stack", "up", *sets], env)
+        out = _run(["retrain"], env).stdout
+        assert "retrain finished" in out and "MLflow UI" in out
+        _run(["stack", "status"], env)
+
+        # the MLflow server holds the health run, and its artifact sits in the S3 bucket
+        client_env = dict(env)
+        for line in (home / "stack.env").read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                k, _, v = line.partition("=")
+                client_env[k] = v.strip("'")
+        check = (
+            "import mlflow, hashlib\n"
+            "from components.storage import s3_client, get_bytes, S3Location\n"
+            "runs = mlflow.search_runs(experiment_names=['wallwm'], output_format='list')\n"
+            "r = [x for x in runs if x.info.run_name == 'stack-health'][0]\n"
+            "p = mlflow.artifacts.download_artifacts(run_id=r.info.run_id,"
+            " artifact_path='health/payload.bin')\n"
+            "key = f'{r.info.experiment_id}/{r.info.run_id}/artifacts/health/payload.bin'\n"
+            "obj = get_bytes(s3_client(), S3Location('mlflow-artifacts', key))\n"
+            "assert obj == open(p, 'rb').read()\n"
+            "print('OK', r.data.tags['wallwm.data_dvc_md5'])\n"
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", check],
+            env=client_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0 and "OK" in res.stdout, res.stderr
+    finally:
+        subprocess.run([WALLWM, "stack", "down"], env=env, cwd=ROOT, timeout=120)
+    assert marked_processes(stack_id(home.resolve())) == []
