@@ -30,6 +30,9 @@ stack_app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 app.add_typer(stack_app, name="stack")
+data_app = typer.Typer(help="Versioned dataset builds (LeRobot v3.0, GX-validated, DVC-pinned).",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 console = Console()
 err = Console(stderr=True)
@@ -125,6 +128,40 @@ def stack_down() -> None:
 
     n = down()
     console.print(f"stopped {n} process(es); data kept")
+
+
+@data_app.command("build")
+def data_build(
+    sources: Annotated[
+        list[str] | None,
+        typer.Option("--sources", help="Source spec(s), e.g. sim:episodes=20 or "
+                     "lerobot:path=/data/ds,tier=t2_robot_public (default: data.sources)."),
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    repo: Annotated[
+        Path | None, typer.Option(help="DVC repository that receives data.dvc (default: this project).")
+    ] = None,
+) -> None:
+    """Build (or reuse) the dataset, update data.dvc, push, and log the lineage to MLflow."""
+    from flows.build_dataset import build_dataset
+
+    p = resolve(params, set_)
+    specs = [s for item in sources or [] for s in _split_specs(item)] or p.data.sources
+    out = build_dataset([str(x) for x in params or []], set_ or [], specs,
+                        str(repo) if repo else None)
+    c = out["counts"]
+    console.print(
+        f"build [bold]{out['build_id']}[/] ({'reused' if out['reused'] else 'new'}): "
+        f"{c['episodes']} episodes, {c['frames']} frames, {c['quarantined']} quarantined\n"
+        f"  folder: {out['build_dir']}\n  data.dvc md5: {out['dvc_md5']}"
+        + (f" (pushed to {out['pushed_to']})" if out["pushed_to"] else "")
+    )
+
+
+def _split_specs(item: str) -> list[str]:
+    """`--sources "sim:episodes=2 lerobot:path=x"` also works (space-separated)."""
+    return [s for s in item.split() if s]
 
 
 @app.command("retrain")

@@ -1,5 +1,6 @@
 """MLflow adapter: runs, params, metrics, artifacts and dataset lineage against the tracking server."""
 
+from components.tracking.datasets import dataset_entry, log_build
 from components.tracking.runs import (
     artifact_sha256,
     download_artifact,
@@ -12,6 +13,8 @@ from components.tracking.runs import (
 )
 
 __all__ = [
+    "dataset_entry",
+    "log_build",
     "artifact_sha256",
     "download_artifact",
     "git_revision",

@@ -53,16 +53,19 @@ def run_dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     return proc
 
 
-def configure_remotes(
-    repo: Path,
-    local_dir: Path,
-    s3_endpoint: str | None,
-    key: str | None = None,
-    secret: str | None = None,
-    region: str = "us-east-1",
-    bucket: str = "wallwm-dvc",
-) -> None:
-    """Point the `local` remote at `local_dir` and the `s3` remote at the endpoint (local config)."""
+def configure_remotes(repo: Path, local_dir: Path, s3_endpoint: str | None,
+                      key: str | None = None, secret: str | None = None, region: str = "us-east-1",
+                      bucket: str = "wallwm-dvc") -> None:
+    """Make sure the `local` and `s3` remotes exist; point them at this machine's stack.
+
+    The remotes' names and default URLs are committed in `.dvc/config`; where they lead on this
+    machine (folder, endpoint, keys) goes to the uncommitted `.dvc/config.local`.
+    """
+    names = {ln.split()[0] for ln in run_dvc(repo, "remote", "list").stdout.splitlines() if ln.strip()}
+    if "local" not in names:
+        run_dvc(repo, "remote", "add", "-d", "local", str(local_dir))
+    if "s3" not in names:
+        run_dvc(repo, "remote", "add", "s3", f"s3://{bucket}/data")
     run_dvc(repo, "remote", "modify", "--local", "local", "url", str(local_dir))
     if s3_endpoint:
         run_dvc(repo, "remote", "modify", "--local", "s3", "endpointurl", s3_endpoint)

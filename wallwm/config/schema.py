@@ -74,7 +74,7 @@ class SimParams(Section):
     tasks: list[str] = ["pick-place-v3", "drawer-open-v3", "button-press-topdown-v3", "push-v3"]
     cameras: list[str] = ["corner", "gripperPOV"]
     image_size: PositiveInt = 64
-    render_every: PositiveInt = 3
+    render_every: PositiveInt = 4
     max_steps: PositiveInt = 200
     perturb_prob: float = Field(0.3, ge=0.0, le=1.0)
     seed: int = 0
@@ -83,7 +83,6 @@ class SimParams(Section):
 class DataParams(Section):
     sources: list[str] = ["sim:episodes=20"]
     output_dir: str = "data"
-    fps: PositiveInt = 10
     chunks_size: PositiveInt = 1000
     data_files_size_in_mb: PositiveInt = 100
     video_files_size_in_mb: PositiveInt = 200
