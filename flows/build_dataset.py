@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,7 @@ def gx_validator(staging: Path, episodes: pd.DataFrame, frames: pd.DataFrame, ru
         for f in fails:  # the frame table stores NaN for both NaN and inf (tiers.probe)
             if f["value"] is None and f["rule"].startswith("frames.not_null"):
                 f["value"] = "NaN or inf"
-    return failed, {"run": run_name, "success": report.success, "suites": report.suites,
-                    "data_docs": report.data_docs}
+    return failed, {"run": run_name, "success": report.success, "suites": report.suites}
 
 
 @task(name="plan-build", retries=1, cache_policy=NO_CACHE)  # fingerprints must be fresh
@@ -115,12 +115,18 @@ def build_dataset(
     sources: list[str] | None = None,
     repo: str | None = None,
 ) -> dict[str, Any]:
-    """The data stage: returns the build id, its folder, the DVC md5 and the MLflow run id."""
+    """The data stage: returns the build id, its folder, the DVC md5 and the MLflow run id.
+
+    `repo` (or `$WALLWM_DVC_REPO`) is the DVC repository that receives `data.dvc`; default: this
+    project.
+    """
     p = load_params(extra_files=params_files or [], sets=sets or [])
     specs = sources or p.data.sources
-    repo_dir = Path(repo) if repo else project_root()
+    repo_dir = Path(repo or os.environ.get("WALLWM_DVC_REPO") or project_root())
     plan = plan_build(specs, p.data)
+    t0 = time.perf_counter()
     build_dir, reused = materialize(plan, wallwm_home() / "builds", p.data.workers)
+    build_seconds = time.perf_counter() - t0
     pin = publish_and_pin(build_dir, repo_dir, p, p.data.push)
     manifest = json.loads((build_dir / "manifest.json").read_text())
     episodes = pd.read_parquet(build_dir / "episodes.parquet")
@@ -128,6 +134,8 @@ def build_dataset(
                    tags={"wallwm.stage": "data", "wallwm.build_reused": str(reused)}) as run:
         log_build(build_dir, manifest, episodes, pin["dvc_md5"],
                   source=str(repo_dir / p.data.output_dir))
+        if not reused:
+            mlflow.log_metric("build_seconds", build_seconds)
         mlflow.log_metric("build_reused", int(reused))
     return {"build_id": plan.build_id, "build_dir": str(build_dir), "reused": reused,
             "counts": manifest["counts"], "mlflow_run_id": run.info.run_id, **pin}

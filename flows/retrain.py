@@ -1,7 +1,7 @@
 """The end-to-end retrain: the one flow `make run` runs.
 
-Stages are chained here as later issues land them: stack health -> dataset build -> training ->
-distillation -> export -> registry -> release. Each stage is its own flow file; this one only
+Stages are chained here as they land: stack health -> dataset build -> (training ->
+distillation -> export -> registry -> release, as their issues land). Each stage is its own flow file; this one only
 wires them and prints where to look. `python -m flows.retrain [--set k=v ...]` runs it too.
 """
 
@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from rich.console import Console
 
 from components.stack import load_stack_env
+from flows.build_dataset import build_dataset
 from flows.health import stack_health
 
 
@@ -26,6 +27,11 @@ def retrain(params_files: list[str] | None = None, sets: list[str] | None = None
     out: dict[str, Any] = {}
     out["health"] = stack_health(params_files, sets)
     log.info("stack healthy: MLflow run %s", out["health"]["mlflow"]["run_id"])
+    out["data"] = build_dataset(params_files, sets)
+    c = out["data"]["counts"]
+    log.info("data: build %s (%s), %d episodes, %d quarantined, data.dvc %s",
+             out["data"]["build_id"], "reused" if out["data"]["reused"] else "new",
+             c["episodes"], c["quarantined"], out["data"]["dvc_md5"])
     return out
 
 
@@ -41,7 +47,11 @@ def main(params: list[str] | None = None, sets: list[str] | None = None) -> int:
     run_id = result["health"]["mlflow"]["run_id"]
     mlflow_ui = os.environ.get("MLFLOW_TRACKING_URI", "")
     console.print("\n[bold green]retrain finished[/]")
-    console.print(f"  MLflow UI:  {mlflow_ui}  (health run {run_id})")
+    data = result["data"]
+    console.print(f"  MLflow UI:  {mlflow_ui}  (health run {run_id}, data-build run "
+                  f"{data['mlflow_run_id']})")
+    console.print(f"  dataset:    {data['build_dir']} ({data['counts']['episodes']} episodes, "
+                  f"data.dvc {data['dvc_md5']})")
     console.print(f"  Prefect UI: {_prefect_ui()}")
     return 0
 

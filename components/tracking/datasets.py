@@ -32,7 +32,7 @@ def log_build(build_dir: Path, manifest: dict[str, Any], episodes: pd.DataFrame,
     })
     mlflow.log_metrics({
         "episodes": counts["episodes"], "frames": counts["frames"],
-        "quarantined": counts["quarantined"], "build_seconds": manifest["seconds"],
+        "quarantined": counts["quarantined"],
         **{f"episodes_{t}": v["episodes"] for t, v in counts["per_tier"].items()},
     })
     mlflow.set_tags({"wallwm.build_id": manifest["build_id"], "wallwm.data_dvc_md5": dvc_md5})

@@ -28,12 +28,19 @@ def _run(args: list[str], env: dict[str, str], timeout: int = 900) -> subprocess
 def test_stack_up_retrain_down(tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
-    env.update(WALLWM_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect"), COLUMNS="200")
+    repo = tmp_path / "repo"  # the project's own data.dvc stays untouched by tests
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=repo, check=True)
+    env.update(WALLWM_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect"), COLUMNS="200",
+               WALLWM_DVC_REPO=str(repo))
     sets = [a for s in free_port_params() for a in ("--set", s)]
+    run_sets = ["--set", "data.sources=[sim:episodes=4]"]
     try:
         _run(["stack", "up", *sets], env)
-        out = _run(["retrain"], env).stdout
+        out = _run(["retrain", *run_sets], env).stdout
         assert "retrain finished" in out and "MLflow UI" in out
+        assert (repo / "data.dvc").exists() and (repo / "data" / "manifest.json").exists()
         _run(["stack", "status"], env)
 
         # the MLflow server holds the health run, and its artifact sits in the S3 bucket

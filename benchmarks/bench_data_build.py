@@ -1,0 +1,53 @@
+"""data_build_scaling_2w: whole-build throughput (load + probe on Ray, GX, LeRobot writer) with
+2 Ray workers vs 1 on the same sim input, on a private local Ray."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from benchmarks.harness import Figure, ratio_figure
+
+EPISODES = int(os.environ.get("WALLWM_BENCH_BUILD_EPISODES", "12"))
+REPEATS = int(os.environ.get("WALLWM_BENCH_REPEATS", "2"))
+
+
+def _build_rate(spec: str, workers: int) -> float:
+    import time
+
+    from components.compute.parallel import ordered_map
+    from flows.build_dataset import gx_validator
+    from wallwm.config import load_params
+    from wallwm.data.build import assemble, load_unit, make_plan
+
+    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    plan = make_plan([spec], p.data)
+    pj = plan.params.model_dump_json()
+    args = [(u.spec, pj, u.unit_id, u.key) for u in plan.units]
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        res = assemble(plan, ordered_map(load_unit, args, workers), Path(d) / "b", gx_validator)
+        dt = time.perf_counter() - t0
+    return (res.manifest["counts"]["episodes"] + res.manifest["counts"]["quarantined"]) / dt
+
+
+def run() -> dict[str, Figure]:
+    os.environ.pop("RAY_ADDRESS", None)  # a private local Ray with this machine's cores
+    from components.compute import connect
+
+    connect()
+    spec = f"sim:episodes={EPISODES}"
+    _build_rate("sim:episodes=4,seed=99", 2)  # warm-up: worker processes, imports, env caches
+    one, two = [], []
+    for _ in range(REPEATS):
+        one.append(_build_rate(spec, 1))
+        two.append(_build_rate(spec, 2))
+    fig = ratio_figure(
+        "data_build_scaling_2w", two, one,
+        what=f"data build episodes/s, 2 Ray workers vs 1 ({EPISODES} sim episodes, whole build)",
+        baseline="1 worker", target=1.7,
+        notes=f"episodes/s: 1 worker {[round(x, 3) for x in one]}, 2 workers "
+              f"{[round(x, 3) for x in two]}",
+    )
+    return {fig.key: fig}

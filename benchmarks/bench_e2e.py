@@ -1,0 +1,95 @@
+"""e2e_wall_s, e2e_peak_rss_gib: `make run` with .venv present (stack up + retrain) on a fresh
+home, wall time and the peak memory (PSS, so shared pages count once) of every process of ours:
+the CLI and its children, and every service and Ray worker the stack started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from benchmarks.harness import Figure
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE_VARS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
+                "PREFECT_API_URL", "RAY_ADDRESS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def _ours(root_pid: int, sid: str) -> list[psutil.Process]:
+    procs = {}
+    try:
+        root = psutil.Process(root_pid)
+        procs[root.pid] = root
+        for c in root.children(recursive=True):
+            procs[c.pid] = c
+    except psutil.Error:
+        pass
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("WALLWM_STACK_ID") == sid:
+                procs[p.pid] = p
+        except (psutil.Error, OSError):
+            continue
+    return list(procs.values())
+
+
+def _pss(procs: list[psutil.Process]) -> int:
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.Error, OSError):
+            continue
+    return total
+
+
+def run() -> dict[str, Figure]:
+    from components.stack.home import stack_id
+
+    home = Path(tempfile.mkdtemp(prefix="wallwm-bench-")) / "home"
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    env.update(WALLWM_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
+    wallwm = str(Path(sys.executable).parent / "wallwm")
+    sets = [a for s in ("mlflow", "s3", "prefect", "ray") for a in ("--set", f"services.{s}.port=0")]
+    repo = home.parent / "repo"
+    repo.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=repo, check=True)
+    sid = stack_id(home.resolve())
+    # the retrain runs against a scratch DVC repository so the project's data.dvc is untouched
+    script = (f"{wallwm} stack up {' '.join(sets)} && "
+              f"WALLWM_DVC_REPO={repo} {wallwm} retrain")
+    peak, stop = [0], threading.Event()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(["bash", "-c", script], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _pss(_ours(proc.pid, sid)))
+            stop.wait(0.5)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    subprocess.run([wallwm, "stack", "down"], cwd=ROOT, env=env, capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"make run failed:\n{out[-3000:]}")
+    gib = peak[0] / 2**30
+    return {
+        "e2e_wall_s": Figure("e2e_wall_s", round(wall, 1), (round(wall, 1), round(wall, 1)),
+                             "`make run` wall time (venv present): stack up + retrain", "-", None,
+                             "<= 900", "s", wall <= 900, "one run; stages so far: health, data"),
+        "e2e_peak_rss_gib": Figure("e2e_peak_rss_gib", round(gib, 2), (round(gib, 2), round(gib, 2)),
+                                   "peak memory (PSS) of the whole process tree of `make run`",
+                                   "-", None, "<= 8", "GiB", gib <= 8, "sampled every 0.5 s"),
+    }
