@@ -86,6 +86,7 @@ class Event:
     level: str = "action"  # subtask | action | segment
     caption: str = ""
     signal: str = ""  # what set the boundary (gripper, contact, speed_min, change_point, human...)
+    origin: str = "auto"  # auto | human | ground_truth: a human boundary is never overwritten
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,7 +96,20 @@ class Event:
             "level": self.level,
             "caption": self.caption,
             "signal": self.signal,
+            "origin": self.origin,
         }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Event:
+        return cls(
+            label=str(d["label"]),
+            start=int(d["start"]),
+            end=int(d["end"]),
+            level=str(d.get("level", "action")),
+            caption=str(d.get("caption", "")),
+            signal=str(d.get("signal", "")),
+            origin=str(d.get("origin", "auto")),
+        )
 
 
 @dataclass

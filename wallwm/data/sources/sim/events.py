@@ -74,7 +74,7 @@ def action_events(labels: list[str]) -> list[Event]:
     for lab, run in groupby(labels):
         n = len(list(run))
         sig = SIGNAL.get(lab, "expert_phase") if start else "episode_start"
-        events.append(Event(lab, start, start + n, "action", lab, sig))
+        events.append(Event(lab, start, start + n, "action", lab, sig, "ground_truth"))
         start += n
     return events
 
@@ -83,10 +83,10 @@ def subtask_events(task: str, labels: list[str]) -> list[Event]:
     """One event per subtask; pick-place splits where the last carry (`move`) starts."""
     names, n = SUBTASKS[task], len(labels)
     if len(names) == 1:
-        return [Event(names[0], 0, n, "subtask", names[0], "expert_phase")]
+        return [Event(names[0], 0, n, "subtask", names[0], "expert_phase", "ground_truth")]
     starts = [k for k in range(n) if labels[k] == "move" and (k == 0 or labels[k - 1] != "move")]
     cut = starts[-1] if starts else n
     return [
-        Event(names[0], 0, cut, "subtask", names[0], "expert_phase"),
-        Event(names[1], cut, n, "subtask", names[1], "expert_phase"),
+        Event(names[0], 0, cut, "subtask", names[0], "expert_phase", "ground_truth"),
+        Event(names[1], cut, n, "subtask", names[1], "expert_phase", "ground_truth"),
     ][: 2 if cut < n else 1]
