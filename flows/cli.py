@@ -33,6 +33,8 @@ app.add_typer(stack_app, name="stack")
 data_app = typer.Typer(help="Versioned dataset builds (LeRobot v3.0, GX-validated, DVC-pinned).",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+model_app = typer.Typer(help="The WALL-WM dual-stream model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 console = Console()
 err = Console(stderr=True)
@@ -162,6 +164,23 @@ def data_build(
 def _split_specs(item: str) -> list[str]:
     """`--sources "sim:episodes=2 lerobot:path=x"` also works (space-separated)."""
     return [s for s in item.split() if s]
+
+
+@model_app.command("summary")
+def model_summary(
+    preset: Annotated[str | None, typer.Option(help="tiny, base or large (default: model.preset)")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Parameter counts per stream (video, action, reasoning, text), built on the meta device."""
+    from wallwm.model.summary import print_summary, summarize
+
+    p = resolve(params, (set_ or []) + ([f"model.preset={preset}"] if preset else []))
+    if as_json:
+        sys.stdout.write(json.dumps(summarize(p), indent=2) + "\n")
+    else:
+        print_summary(p, console=console)
 
 
 @app.command("retrain")

@@ -20,6 +20,23 @@ def dataset_entry(episodes: pd.DataFrame, build_id: str, dvc_md5: str, source: s
         )
 
 
+def event_metrics(events: dict[str, Any]) -> dict[str, float]:
+    """Flat metrics from the manifest's `events` report (annotation score, balance, packing)."""
+    out: dict[str, float] = {}
+    score = events.get("annotations", {}).get("score_vs_ground_truth")
+    if score:
+        out["annotation_boundary_f1"] = score["boundary_f1"]
+        out["annotation_label_accuracy"] = score["label_accuracy"]
+    for unit, b in events.get("clusters", {}).get("balance", {}).items():
+        out[f"balance_{unit}_normalized_entropy"] = b["normalized_entropy"]
+        out[f"balance_{unit}_effective_clusters"] = b["effective_clusters"]
+    pk = events.get("packing")
+    if pk:
+        out["packing_padding_packed"] = pk["padding_packed"]
+        out["packing_padding_one_per_row"] = pk["padding_one_per_row"]
+    return out
+
+
 def log_build(build_dir: Path, manifest: dict[str, Any], episodes: pd.DataFrame, dvc_md5: str,
               source: str, context: str = "build") -> None:
     """Log everything a reviewer needs about a build into the active run."""
@@ -36,9 +53,14 @@ def log_build(build_dir: Path, manifest: dict[str, Any], episodes: pd.DataFrame,
         **{f"episodes_{t}": v["episodes"] for t, v in counts["per_tier"].items()},
     })
     mlflow.set_tags({"wallwm.build_id": manifest["build_id"], "wallwm.data_dvc_md5": dvc_md5})
-    for name in ("manifest.json", "quarantine.jsonl", "splits.json"):
+    for name in ("manifest.json", "quarantine.jsonl", "splits.json", "tokenizer.json"):
         if (build_dir / name).exists():
             mlflow.log_artifact(str(build_dir / name), artifact_path="build")
+    if (build_dir / "figures").is_dir():
+        mlflow.log_artifacts(str(build_dir / "figures"), artifact_path="figures")
+    if (build_dir / "clusters").is_dir():
+        mlflow.log_artifacts(str(build_dir / "clusters"), artifact_path="build/clusters")
+    mlflow.log_metrics(event_metrics(manifest.get("events", {})))
     gx = build_dir / "gx"
     for sub, dest in (("uncommitted/validations", "gx/validations"),
                       ("uncommitted/data_docs", "gx/data_docs")):

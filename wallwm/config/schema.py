@@ -80,6 +80,41 @@ class SimParams(Section):
     seed: int = 0
 
 
+class AnnotateSection(Section):
+    """Event annotation (wallwm/data/annotate): vocabulary, detectors, human edits, captions."""
+
+    vocabulary: list[str] = ["reach", "grasp", "lift", "move", "place", "release", "retreat",
+                             "push", "pull", "press", "open", "close"]
+    tolerance_frames: PositiveInt = 2  # boundary F1 tolerance against ground truth
+    video_penalty: float = Field(0.3, gt=0)  # change-point penalty (video-only tiers)
+    video_min_size: PositiveInt = 3
+    human_file: str | None = None  # hand-edited annotations.jsonl, merged; part of the build id
+    captioner: Literal["template", "http"] = "template"
+    vlm_url: str = ""  # OpenAI-compatible endpoint for captioner=http
+    vlm_model: str = ""
+    time_sync: bool = False  # estimate and fix video/action offsets (unaligned sources)
+    time_sync_max_lag: PositiveInt = 5
+    time_sync_min_score: float = Field(0.3, ge=0.0, le=1.0)
+
+
+class CaptionDropParams(Section):
+    """The paper's length-aware caption drop: rho(L) on a cosine from `hi` (short) to `lo`."""
+
+    lo: float = Field(0.1, ge=0.0, le=1.0)
+    hi: float = Field(0.9, ge=0.0, le=1.0)
+    short_frames: PositiveInt = 8
+    long_frames: PositiveInt = 48
+    seed: int = 0
+
+
+class ClusterParams(Section):
+    k_vl: PositiveInt | None = None  # None: chosen by silhouette over k_range
+    k_action: PositiveInt | None = None
+    k_range: tuple[int, int] = (2, 16)
+    seed: int = 0
+    sample_temperature: float = Field(0.0, ge=0.0, le=1.0)  # for the balance report
+
+
 class DataParams(Section):
     sources: list[str] = ["sim:episodes=20"]
     output_dir: str = "data"
@@ -89,6 +124,10 @@ class DataParams(Section):
     video: VideoParams = VideoParams()
     sim: SimParams = SimParams()
     workers: PositiveInt = 2
+    annotate: AnnotateSection = AnnotateSection()
+    caption_drop: CaptionDropParams = CaptionDropParams()
+    tokenizer_vocab: PositiveInt = Field(2048, ge=261)
+    clusters: ClusterParams = ClusterParams()
     dvc_remote: Literal["local", "s3"] = "local"
     push: bool = True
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -96,6 +135,8 @@ class DataParams(Section):
 
 # ----------------------------------------------------------------------------- model
 class ModelSize(Section):
+    """One preset of the model (wallwm/model/config.py reads it); see docs/model_card.md."""
+
     width: PositiveInt
     depth: PositiveInt
     heads: PositiveInt
@@ -105,8 +146,15 @@ class ModelSize(Section):
     patch: PositiveInt
     views: PositiveInt
     frames: PositiveInt
+    action_heads: int = Field(0, ge=0, description="0 = same as heads")
     action_dim: PositiveInt = 7
+    state_dim: PositiveInt = 8
     action_horizon: PositiveInt = 16
+    max_event_len: PositiveInt = 64
+    vocab_size: PositiveInt = 4096
+    max_text_len: PositiveInt = 64
+    text_depth: PositiveInt = 2
+    event_types: PositiveInt = 16
     cot_latents: PositiveInt = 8
     vlm_depth: PositiveInt = 4
     relay_depth: PositiveInt = 2
@@ -117,6 +165,9 @@ class ModelSize(Section):
             raise ValueError(f"image_size {self.image_size} is not divisible by patch {self.patch}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        ah = self.action_heads or self.heads
+        if self.action_width % ah:
+            raise ValueError(f"action_width {self.action_width} is not divisible by {ah} heads")
         if self.relay_depth > self.vlm_depth:
             raise ValueError(f"relay_depth {self.relay_depth} exceeds vlm_depth {self.vlm_depth}")
         return self
@@ -133,6 +184,8 @@ class ModelParams(Section):
     tube_size: PositiveInt = 2
     tube_loss_weight: float = Field(2.0, ge=0.0)
     denoise_steps: PositiveInt = 10
+    video_anchor_t: float = Field(1.0, ge=0.0, le=1.0, description="cached video noise level")
+    recompute_video: bool = False
 
     @field_validator("preset")
     @classmethod

@@ -9,6 +9,10 @@ Layout of a build::
     <build>/splits.json              train / val episode keys (by episode, never by frame)
     <build>/<tier>/<dataset>/        a LeRobot v3.0 dataset
     <build>/gx/                      Great Expectations suites, results and Data Docs
+    <build>/tokenizer.json           BPE tokenizer trained on the build's captions + instructions
+    <build>/clusters/events.parquet  dual-clustering embeddings and cluster ids per action event
+    <build>/figures/*.png            cluster-size histograms (episodes vs events, sampled)
+    <build>/<tier>/<dataset>/meta/annotations.jsonl   Task/Subtask/Action/Segment events
 
 Memory stays bounded: at most one validation batch of episodes is held at a time.
 """
@@ -25,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from wallwm.data.build.enrich import EventCollector, enrich
 from wallwm.data.build.plan import BuildPlan, data_params_hash
 from wallwm.data.build.units import UnitResult
 from wallwm.data.lerobot import LeRobotWriter, features_from_episode
@@ -59,6 +64,7 @@ class _Assembler:
         self.seen_ids: set[str] = set()
         self.seen_content: set[str] = set()
         self.summaries: list[dict] = []
+        self.events = EventCollector()
         names = Counter(p.partition(":")[0] for p in plan.specs)
         self.dataset_names = {
             i: (n if names[n] == 1 else f"{n}{i}")
@@ -116,6 +122,7 @@ class _Assembler:
             self.reject(res, {"check": "write", "path": str(root), "field": "",
                               "value": type(e).__name__, "message": str(e)})
             return
+        self.events.add(f"{ep.tier}/{dataset}", index, ep, res.events, res.event_report)
         self.seen_ids.add(res.row["source_id"])
         self.seen_content.add(res.row["content_sha256"])
         self.accepted.append({
@@ -161,12 +168,13 @@ def assemble(
     atomic_write_text(staging / "splits.json", json.dumps(splits, indent=1))
     atomic_write_text(staging / "quarantine.jsonl",
                       "".join(json.dumps(q, default=str) + "\n" for q in a.quarantine))
-    manifest = _manifest(plan, staging, episodes, a.quarantine, a.summaries)
+    events_report = enrich(staging, a.events, plan.params)
+    manifest = _manifest(plan, staging, episodes, a.quarantine, a.summaries, events_report)
     return BuildResult(plan.build_id, staging, manifest, episodes, a.quarantine)
 
 
 def _manifest(plan: BuildPlan, root: Path, episodes: pd.DataFrame, quarantine: list[dict],
-              summaries: list[dict]) -> dict[str, Any]:
+              summaries: list[dict], events: dict[str, Any]) -> dict[str, Any]:
     """Deterministic: the same inputs give the same bytes (so data.dvc's md5 reproduces)."""
     per_tier: dict[str, dict[str, int]] = defaultdict(lambda: {"episodes": 0, "frames": 0})
     for tier, g in episodes.groupby("tier"):
@@ -193,6 +201,10 @@ def _manifest(plan: BuildPlan, root: Path, episodes: pd.DataFrame, quarantine: l
             "suites": summaries,
             "data_docs": "gx/uncommitted/data_docs/local_site/index.html (build cache, MLflow)",
         },
+        "steps": ["load", "time_sync" if plan.params.annotate.time_sync else "no_time_sync",
+                  "annotate", "caption", "validate", "write", "tokenizer", "dual_cluster",
+                  "balance", "packing_report"],
+        "events": events,
         "files": files,
     }
     atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=1, default=str))

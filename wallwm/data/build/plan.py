@@ -79,7 +79,14 @@ def make_plan(specs: list[str], params: DataParams) -> BuildPlan:
     units = [Unit(i, norm[i], u) for i, s in enumerate(sources) for u in s.unit_ids()]
     code = code_version()
     h = hashlib.sha256()
-    for part in (*norm, *fps, data_params_hash(params), code):
+    extra: list[str] = []
+    human = params.annotate.human_file
+    if human:  # hand edits are an input: a changed edit file is a new build
+        hp = Path(human)
+        if not hp.is_file():
+            raise ValueError(f"data.annotate.human_file = {human!r}: no such file")
+        extra.append("human:" + hashlib.sha256(hp.read_bytes()).hexdigest())
+    for part in (*norm, *fps, *extra, data_params_hash(params), code):
         h.update(part.encode())
         h.update(b"\0")
     return BuildPlan(norm, fps, units, params, code, h.hexdigest()[:20])

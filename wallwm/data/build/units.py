@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from wallwm.config.schema import DataParams
-from wallwm.data.episode import Episode
+from wallwm.data.build.events import annotate_episode
+from wallwm.data.episode import Episode, Event
 from wallwm.data.sources import SourceError, make_source
 from wallwm.data.tiers import probe
 
@@ -27,6 +28,8 @@ class UnitResult:
     row: dict[str, Any] = field(default_factory=dict)
     frames: pd.DataFrame | None = None
     failure: dict[str, Any] | None = None
+    events: list[Event] = field(default_factory=list)  # annotation, every level
+    event_report: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -46,7 +49,9 @@ def load_unit(args: tuple[str, str, str, str]) -> UnitResult:
             src = _SOURCES[(spec, params_json)] = make_source(
                 spec, DataParams.model_validate_json(params_json)
             )
+        params = DataParams.model_validate_json(params_json)
         ep = src.load(unit_id)
+        ep, res.events, res.event_report = annotate_episode(ep, params)
         res.row, res.frames = probe(ep, key)
         res.episode = ep
     except SourceError as e:

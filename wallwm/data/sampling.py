@@ -1,0 +1,83 @@
+"""Cluster-balanced sampling of events with a temperature.
+
+With n_c events in cluster c, an event of c is drawn with probability proportional to
+n_c^(tau - 1), so cluster c as a whole gets n_c^tau / sum_d n_d^tau:
+
+* tau = 1: natural frequencies (every event equally likely);
+* tau = 0: uniform over clusters (rare behaviours as often as common ones);
+* in between: a softened balance (the usual choice, e.g. 0.5).
+
+Draws are with replacement (a rare cluster at tau = 0 must repeat its events), from a private
+generator seeded by (seed, epoch): independent of the global RNGs, identical on every rank, so
+the ranks of a DDP job cut one global draw into disjoint, equal-length shares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+def event_probabilities(cluster_ids: Sequence[int] | np.ndarray, temperature: float) -> np.ndarray:
+    """p_event (N,) proportional to n_c^(tau - 1); sums to 1."""
+    ids = np.asarray(cluster_ids).ravel()
+    if ids.size == 0:
+        raise ValueError("no events")
+    if not 0.0 <= temperature <= 1.0:
+        raise ValueError(f"temperature must be in [0, 1], got {temperature}")
+    _, inverse, sizes = np.unique(ids, return_inverse=True, return_counts=True)
+    w = sizes[inverse].astype(np.float64) ** (temperature - 1.0)
+    return w / w.sum()
+
+
+def cluster_probabilities(cluster_ids: Sequence[int] | np.ndarray,
+                          temperature: float) -> dict[int, float]:
+    """{cluster: n_c^tau / sum_d n_d^tau}: the share of draws each cluster should get."""
+    ids, sizes = np.unique(np.asarray(cluster_ids).ravel(), return_counts=True)
+    w = sizes.astype(np.float64) ** temperature
+    return {int(c): float(x) for c, x in zip(ids, w / w.sum(), strict=True)}
+
+
+class ClusterBalancedSampler(Sampler[int]):
+    """Event indices drawn with p_event ~ n_c^(tau - 1); DDP-aware, deterministic per epoch.
+
+    `num_samples` is the global number of draws per epoch (default N); it is rounded up to a
+    multiple of `num_replicas` and rank r takes draws r, r + R, r + 2R, ... of the global draw.
+    """
+
+    def __init__(self, cluster_ids: Sequence[int] | np.ndarray, temperature: float = 0.5,
+                 num_samples: int | None = None, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"bad rank {rank} of {num_replicas} replicas")
+        self.cluster_ids = np.asarray(cluster_ids).ravel()
+        self.temperature = float(temperature)
+        self.probs = event_probabilities(self.cluster_ids, self.temperature)
+        self.num_samples = int(num_samples if num_samples is not None else len(self.cluster_ids))
+        if self.num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.epoch = 0
+        self.per_rank = math.ceil(self.num_samples / self.num_replicas)
+        self.total_size = self.per_rank * self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call at the start of each epoch (on every rank) to get that epoch's draw."""
+        self.epoch = int(epoch)
+
+    def global_draw(self) -> np.ndarray:
+        """This epoch's draw for all ranks (total_size,) int64; the same on every rank."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return rng.choice(len(self.probs), size=self.total_size, replace=True, p=self.probs)
+
+    def __iter__(self) -> Iterator[int]:
+        share = self.global_draw()[self.rank :: self.num_replicas]
+        return iter(share.tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
