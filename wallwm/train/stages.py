@@ -1,0 +1,58 @@
+"""The training curriculum, as the paper stages it, as data.
+
+| stage | trains | frozen | mode | losses | tiers |
+|---|---|---|---|---|---|
+| `video` | text encoder + video tower | action, reasoning | event | video | all |
+| `action` | action tower (+ coupling) | video side, reasoning | event | action, event end | robot |
+| `reasoning` | VLM branch (text decoder pretrained first, then frozen) | video, action | unified | CoT | robot |
+| `staircase` | VLM branch: Staircase student matches serial teacher | all else | unified | distill | robot |
+| `next_chunk` | action tower on fixed chunks conditioned on CoT latents | video, reasoning | unified | action | robot |
+| `end_to_end` | everything but the frozen decoder | - | event | all | robot |
+
+Each stage starts from the previous stage's weights; `train.stages` lists which run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wallwm.model.config import LossWeights
+
+ROBOT_TIERS = ("t2_robot_public", "t3_robot_real")
+ALL_TIERS = ("t0_web", "t1_human", *ROBOT_TIERS)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    trains: tuple[str, ...]  # parameter sets: video | action | reasoning
+    mode: str  # event | unified
+    loss: LossWeights
+    tiers: tuple[str, ...]
+    monitor: str  # the validation loss that says whether the stage learned
+    distill: bool = False
+
+
+def stage(name: str, w: LossWeights) -> Stage:
+    """The stage `name` with the loss weights of params (`train.loss`) where it uses a loss."""
+    zero = LossWeights(video=0.0, action=0.0, event_end=0.0, cot=0.0)
+    table = {
+        "video": Stage("video", ("video",), "event", LossWeights(**{**zero.__dict__, "video": w.video}),
+                       ALL_TIERS, "val/video_fm"),
+        "action": Stage("action", ("action",), "event",
+                        LossWeights(**{**zero.__dict__, "action": w.action,
+                                       "event_end": w.event_end}), ROBOT_TIERS, "val/action_fm"),
+        "reasoning": Stage("reasoning", ("reasoning",), "unified",
+                           LossWeights(**{**zero.__dict__, "cot": max(w.cot, 1e-3)}),
+                           ROBOT_TIERS, "val/cot"),
+        "staircase": Stage("staircase", ("reasoning",), "unified", zero, ROBOT_TIERS,
+                           "val/distill", distill=True),
+        "next_chunk": Stage("next_chunk", ("action",), "unified",
+                            LossWeights(**{**zero.__dict__, "action": w.action}), ROBOT_TIERS,
+                            "val/action_fm"),
+        "end_to_end": Stage("end_to_end", ("video", "action", "reasoning"), "event", w,
+                            ROBOT_TIERS, "val/loss"),
+    }
+    if name not in table:
+        raise ValueError(f"train.stages: unknown stage {name!r}; allowed: {', '.join(table)}")
+    return table[name]
