@@ -16,8 +16,9 @@ Two decoders of the latents, on the same weights:
   with a KV cache (``K * depth`` sequential layer calls).
 - ``staircase`` (Layer-Relay): only slot 0 runs the layers below the relay depth ``N_r``; its
   hidden state at depth ``N_r`` is *relayed* to every slot as its input there, plus a learned
-  per-slot relay embedding ``r_k`` (zero-initialized, ``r_0 = 0``). The layers above ``N_r`` then
-  run all K slots in one causal pass (``depth`` layer calls in all)::
+  per-slot relay embedding ``r_k`` (parameter ``relay``, K-1 rows, zero-initialized; ``r_0 = 0``).
+  The layers above ``N_r`` then run all K slots in one causal pass (``depth`` layer calls in
+  all)::
 
         layer  depth  | s0 s1 s2 s3       s = slot; ■ = computed
                ...    | ■  ■  ■  ■        upper layers: all K slots in one pass, slot k attends

@@ -91,8 +91,21 @@ def _balance(counts: np.ndarray) -> dict[str, float]:
             "effective_clusters": round(effective_clusters(counts), 3), "clusters": int(len(counts))}
 
 
-def _counts(labels: np.ndarray) -> np.ndarray:
-    return np.bincount(np.asarray(labels, dtype=np.int64))
+def _counts(labels: np.ndarray, k: int | None = None) -> np.ndarray:
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=k or 0)
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _shared_counts(a: np.ndarray, b: np.ndarray, k_range: tuple[int, int],
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster the rows of `a` and `b` together; each set's counts over the same clusters."""
+    x = np.concatenate([a, b], 0).astype(np.float32)
+    hi = max(2, min(k_range[1], len(x) - 1))
+    labels, k, _ = cluster(x, k=None, k_range=(min(k_range[0], hi), hi), seed=seed)
+    return _counts(labels[: len(a)], k), _counts(labels[len(a):], k)
 
 
 def enrich(root: Path, c: EventCollector, p: DataParams) -> dict[str, Any]:
@@ -141,21 +154,21 @@ def _clusters(root: Path, c: EventCollector, p: DataParams) -> dict[str, Any]:
     (root / "clusters").mkdir(exist_ok=True)
     df.to_parquet(root / "clusters" / "events.parquet", index=False)
 
-    # the paper's claim on our data: events are more balanced units than whole episodes
-    def language_clusters(texts: list[str]) -> np.ndarray:
-        x = encoder.encode(texts)
-        n_unique = len({t for t in texts})
-        hi = max(2, min(k_range[1], n_unique, len(texts) - 1))
-        return cluster(x, k=None, k_range=(min(2, hi), hi), seed=cp.seed)[0]
-
-    ep_lang = language_clusters(c.episode_texts) if len(c.episode_texts) > 2 else np.zeros(
-        len(c.episode_texts), np.int64)
-    ev_lang = language_clusters([s.caption for s in c.samples])
-    ep_vl_x = np.concatenate([encoder.encode(c.episode_texts),
-                              frame_features(np.stack([f[0] for f in c.episode_frames])),
-                              frame_features(np.stack([f[1] for f in c.episode_frames]))], axis=1)
-    ep_vl = (cluster(ep_vl_x, k=None, k_range=(2, max(2, min(k_range[1], len(ep_vl_x) - 1))),
-                     seed=cp.seed)[0] if len(ep_vl_x) > 2 else np.zeros(len(ep_vl_x), np.int64))
+    # The paper's claim on our data: events are more balanced units than whole episodes. Both
+    # unit kinds are clustered in ONE shared space (same k), so their distributions over the same
+    # clusters are comparable (normalized entropy over the same K).
+    ep_text = encoder.encode(c.episode_texts)
+    ev_text = encoder.encode([s.caption for s in c.samples])
+    shared_lang = _shared_counts(ep_text, ev_text, k_range, cp.seed)
+    ep_frames = np.concatenate([frame_features(np.stack([f[0] for f in c.episode_frames])),
+                                frame_features(np.stack([f[1] for f in c.episode_frames]))], 1)
+    ev_frames = np.concatenate([frame_features(np.stack([s.start_frame for s in c.samples])),
+                                frame_features(np.stack([s.end_frame for s in c.samples]))], 1)
+    shared_vl = _shared_counts(np.concatenate([ep_text, 0.5 * _l2(ep_frames)], 1),
+                               np.concatenate([ev_text, 0.5 * _l2(ev_frames)], 1), k_range,
+                               cp.seed)
+    ep_lang, ev_lang = shared_lang
+    ep_vl, ev_vl = shared_vl
     joint = df["joint_cluster"].to_numpy()
     n = len(joint)
     natural = ClusterBalancedSampler(joint, temperature=1.0, num_samples=20 * n, seed=cp.seed)
@@ -168,10 +181,10 @@ def _clusters(root: Path, c: EventCollector, p: DataParams) -> dict[str, Any]:
     figs.mkdir(exist_ok=True)
     cluster_size_histogram_png(nat_counts, bal_counts, figs / "joint_clusters_sampled.png",
                                f"joint clusters: natural vs balanced (τ={cp.sample_temperature})")
-    cluster_size_histogram_png(_counts(ep_lang), _counts(ep_lang),
-                               figs / "episode_language_clusters.png", "episodes: language clusters")
-    cluster_size_histogram_png(_counts(ev_lang), _counts(ev_lang),
-                               figs / "event_language_clusters.png", "events: language clusters")
+    cluster_size_histogram_png(ep_lang, ev_lang, figs / "language_episodes_vs_events.png",
+                               "language clusters: episodes (before) vs events (after) as units")
+    cluster_size_histogram_png(ep_vl, ev_vl, figs / "vision_language_episodes_vs_events.png",
+                               "vision-language clusters: episodes vs events as units")
     return {
         "text_encoder": encoder.name,
         "k_vl": info.get("vl", {}).get("k") if isinstance(info.get("vl"), dict) else None,
@@ -180,9 +193,10 @@ def _clusters(root: Path, c: EventCollector, p: DataParams) -> dict[str, Any]:
         "k_joint": k_joint,
         "events": n,
         "balance": {
-            "episodes_language": _balance(_counts(ep_lang)),
-            "events_language": _balance(_counts(ev_lang)),
-            "episodes_joint_vl": _balance(_counts(ep_vl)),
+            "episodes_language": _balance(ep_lang),
+            "events_language": _balance(ev_lang),
+            "episodes_joint_vl": _balance(ep_vl),
+            "events_joint_vl": _balance(ev_vl),
             "events_joint": _balance(_counts(joint)),
             "sampled_natural": _balance(nat_counts),
             "sampled_balanced": _balance(bal_counts),
