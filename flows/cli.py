@@ -183,6 +183,30 @@ def model_summary(
         print_summary(p, console=console)
 
 
+@app.command("train")
+def train_cmd(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    build: Annotated[Path | None, typer.Option(help="build folder (default: the published data/)")]
+    = None,
+    run_name: Annotated[str | None, typer.Option(help="name the run; the same name resumes it")]
+    = None,
+    fresh: Annotated[bool, typer.Option(help="ignore earlier checkpoints of this run name")]
+    = False,
+) -> None:
+    """Train the curriculum (train.stages) on a build; train.workers > 1 runs on Ray Train."""
+    from flows.train import train
+
+    resolve(params, set_)
+    out = train([str(x) for x in params or []], set_ or [], str(build) if build else None,
+                run_name, resume=not fresh)
+    for name, st in out["stages"].items():
+        console.print(f"{name}: validation loss {st['initial_val']} -> {st['final_val']} "
+                      f"({st['steps']} steps), best {st['best']}")
+    console.print(f"run {out['run_name']} (MLflow {out['mlflow_run_id']}), model "
+                  f"{out.get('model_uri', '-')}")
+
+
 @app.command("retrain")
 def retrain(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """The end-to-end retrain flow (what `make run` runs), against the running stack."""

@@ -1,6 +1,6 @@
 """The end-to-end retrain: the one flow `make run` runs.
 
-Stages are chained here as they land: stack health -> dataset build -> (training ->
+Stages are chained here as they land: stack health -> dataset build -> training (then
 distillation -> export -> registry -> release, as their issues land). Each stage is its own flow file; this one only
 wires them and prints where to look. `python -m flows.retrain [--set k=v ...]` runs it too.
 """
@@ -18,6 +18,7 @@ from rich.console import Console
 from components.stack import load_stack_env
 from flows.build_dataset import build_dataset
 from flows.health import stack_health
+from flows.train import train
 
 
 @flow(name="retrain", log_prints=True)
@@ -32,6 +33,10 @@ def retrain(params_files: list[str] | None = None, sets: list[str] | None = None
     log.info("data: build %s (%s), %d episodes, %d quarantined, data.dvc %s",
              out["data"]["build_id"], "reused" if out["data"]["reused"] else "new",
              c["episodes"], c["quarantined"], out["data"]["dvc_md5"])
+    out["train"] = train(params_files, sets, out["data"]["build_dir"])
+    for name, st in out["train"]["stages"].items():
+        log.info("train %s: validation loss %.4f -> %.4f", name, st["initial_val"] or float("nan"),
+                 st["final_val"] or float("nan"))
     return out
 
 
@@ -52,6 +57,11 @@ def main(params: list[str] | None = None, sets: list[str] | None = None) -> int:
                   f"{data['mlflow_run_id']})")
     console.print(f"  dataset:    {data['build_dir']} ({data['counts']['episodes']} episodes, "
                   f"data.dvc {data['dvc_md5']})")
+    tr = result["train"]
+    for name, st in tr["stages"].items():
+        console.print(f"  train {name:<10} validation loss {st['initial_val']:.4f} -> "
+                      f"{st['final_val']:.4f} ({st['steps']} steps)")
+    console.print(f"  model:      {tr.get('model_uri', '-')} (training run {tr['mlflow_run_id']})")
     console.print(f"  Prefect UI: {_prefect_ui()}")
     return 0
 

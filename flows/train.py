@@ -59,9 +59,12 @@ def _ray_stage_worker(config: dict[str, Any]) -> None:
                     init_from=Path(config["init_from"]) if config["init_from"] else None,
                     resume=config["resume"], logger=logger, callbacks=callbacks,
                     figures_dir=Path(config["figures_dir"]), **ray_lightning_kwargs())
-    ray.train.report({"initial_val": res.initial_val, "final_val": res.final_val,
-                      "best": res.best_checkpoint, "last": res.last_checkpoint,
-                      "steps": res.steps, "figures": [str(f) for f in res.figures]})
+    out = {"initial_val": res.initial_val, "final_val": res.final_val,
+           "best": res.best_checkpoint, "last": res.last_checkpoint, "steps": res.steps,
+           "figures": [str(f) for f in res.figures]}
+    if ray.train.get_context().get_world_rank() == 0:  # the driver reads it (shared disk) ...
+        atomic_write_text(Path(config["stage_dir"]) / "result.json", json.dumps(out))
+    ray.train.report({k: v for k, v in out.items() if k != "figures"})  # ... or the report
 
 
 @task(name="train-stage", cache_policy=NO_CACHE)
@@ -81,9 +84,11 @@ def train_stage(p: Params, stage: str, build_dir: Path, stage_dir: Path, init_fr
             "resume": resume, "run_id": run_id, "figures_dir": str(figures_dir), "env": env,
         }, p.train.workers, wallwm_home() / "ray-train", f"{run_id}-{stage}",
             use_gpu=p.train.device == "cuda")
-        result = {"initial_val": out.get("initial_val"), "final_val": out.get("final_val"),
-                  "best": out.get("best"), "last": out.get("last"), "steps": out.get("steps"),
-                  "figures": out.get("figures", [])}
+        shared = stage_dir / "result.json"
+        result = json.loads(shared.read_text()) if shared.exists() else {
+            "initial_val": out.get("initial_val"), "final_val": out.get("final_val"),
+            "best": out.get("best"), "last": out.get("last"), "steps": out.get("steps"),
+            "figures": []}
     else:
         from wallwm.train.loop import run_stage
 
@@ -112,7 +117,7 @@ def train(params_files: list[str] | None = None, sets: list[str] | None = None,
     log = get_run_logger()
     p = load_params(extra_files=params_files or [], sets=sets or [])
     repo = Path(os.environ.get("WALLWM_DVC_REPO") or project_root())
-    build = Path(build_dir) if build_dir else repo / p.data.output_dir
+    build = (Path(build_dir) if build_dir else repo / p.data.output_dir).resolve()
     manifest = json.loads((build / "manifest.json").read_text())
     try:
         md5 = dvc_md5(repo, p.data.output_dir)
@@ -146,7 +151,8 @@ def train(params_files: list[str] | None = None, sets: list[str] | None = None,
                 info = json.loads(done.read_text())
                 log.info("stage %s already done (%s): skipped", stage, info["best"])
                 out["stages"][stage] = info
-                prev = Path(info["best"]) if info.get("best") else prev
+                best = info.get("best") or info.get("last")
+                prev = Path(best) if best else prev
                 continue
             sid = find_run(p.project.experiment, RUN_TAG, f"{run_name}/{stage}") if resume else None
             with (mlflow.start_run(run_id=sid, nested=True) if sid else
@@ -168,7 +174,8 @@ def train(params_files: list[str] | None = None, sets: list[str] | None = None,
                 mlflow.log_artifact(str(curve), artifact_path="figures")
             atomic_write_text(done, json.dumps(res))
             out["stages"][stage] = res
-            prev = Path(res["best"]) if res["best"] else prev
+            best = res.get("best") or res.get("last")
+            prev = Path(best) if best else prev
         if prev is not None:
             out["model_uri"] = _log_final_model(p, prev)
     return out

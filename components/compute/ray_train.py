@@ -34,5 +34,7 @@ def ray_lightning_kwargs() -> dict[str, Any]:
     """Trainer arguments that make Lightning run under Ray Train's process group."""
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
 
-    return {"strategy": RayDDPStrategy(), "plugins": [RayLightningEnvironment()],
-            "devices": "auto"}
+    # a curriculum stage leaves parts of its trainable set idle (e.g. unified-mode heads in an
+    # event-mode stage), which DDP must be told about
+    return {"strategy": RayDDPStrategy(find_unused_parameters=True),
+            "plugins": [RayLightningEnvironment()], "devices": "auto"}

@@ -35,11 +35,13 @@ def test_stack_up_retrain_down(tmp_path):
     env.update(WALLWM_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect"), COLUMNS="200",
                WALLWM_DVC_REPO=str(repo))
     sets = [a for s in free_port_params() for a in ("--set", s)]
-    run_sets = ["--set", "data.sources=[sim:episodes=4]"]
+    run_sets = ["--set", "data.sources=[sim:episodes=4]", "--set", "train.max_steps=6",
+                "--set", "train.val_every=3", "--set", "train.batch_size=4"]
     try:
         _run(["stack", "up", *sets], env)
         out = _run(["retrain", *run_sets], env).stdout
         assert "retrain finished" in out and "MLflow UI" in out
+        assert "train video" in out and "train action" in out and "model:" in out
         assert (repo / "data.dvc").exists() and (repo / "data" / "manifest.json").exists()
         _run(["stack", "status"], env)
 
