@@ -83,8 +83,11 @@ def _val_loss(model, val) -> float:
     return tot / len(val)
 
 
-def _run(setup, optimizer: str, lr: float, adamw_lr: float, seed: int) -> list[tuple[int, float]]:
-    """(step, val loss) every EVAL_EVERY steps, step 0 included."""
+def _run(setup, optimizer: str, lr: float, adamw_lr: float, seed: int,
+         until: float | None = None) -> list[tuple[int, float]]:
+    """(step, val loss) every EVAL_EVERY steps, step 0 included. With `until`, a run that has not
+    reached that val loss by the budget goes on (lr at the schedule's floor) up to 3x the budget,
+    so the steps it needs are measured rather than reported as infinite."""
     from wallwm.model.wallwm import WallWM
     from wallwm.train.optim import make_optimizer
 
@@ -96,14 +99,18 @@ def _run(setup, optimizer: str, lr: float, adamw_lr: float, seed: int) -> list[t
     opt, sched = make_optimizer(model, tp)
     noise = torch.Generator().manual_seed(100 + seed)
     curve = [(0, _val_loss(model, val))]
-    for step in range(1, STEPS + 1):
+    step = 0
+    while True:
+        step += 1
         opt.zero_grad(set_to_none=True)
         model(train[(step - 1) % len(train)], generator=noise)["loss"].backward()
         opt.step()
-        sched.step()
+        if step <= STEPS:
+            sched.step()
         if step % EVAL_EVERY == 0:
             curve.append((step, _val_loss(model, val)))
-    return curve
+            if step >= STEPS and (until is None or curve[-1][1] <= until or step >= 3 * STEPS):
+                return curve
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float:
@@ -126,10 +133,13 @@ def run() -> dict[str, Figure]:
     a_lr = min(grid_a, key=lambda k: grid_a[k][-1][1])
     grid_m = {lr: _run(setup, "muon", lr, a_lr, 0) for lr in MUON_LRS}
     m_lr = min(grid_m, key=lambda k: grid_m[k][-1][1])
-    runs_a, runs_m = [grid_a[a_lr]], [grid_m[m_lr]]
+    runs_a = [grid_a[a_lr]]
+    target0 = runs_a[0][-1][1]
+    runs_m = [grid_m[m_lr] if grid_m[m_lr][-1][1] <= target0
+              else _run(setup, "muon", m_lr, a_lr, 0, until=target0)]
     for seed in range(1, SEEDS):
         runs_a.append(_run(setup, "adamw", a_lr, a_lr, seed))
-        runs_m.append(_run(setup, "muon", m_lr, a_lr, seed))
+        runs_m.append(_run(setup, "muon", m_lr, a_lr, seed, until=runs_a[-1][-1][1]))
     ratios = [steps_to_reach(cm, ca[-1][1]) / STEPS for ca, cm in zip(runs_a, runs_m,
                                                                        strict=True)]
     value = statistics.median(ratios)
@@ -145,7 +155,8 @@ def run() -> dict[str, Figure]:
              "(tiny WALL-WM, synthetic event batches)",
         baseline=f"AdamW alone, {STEPS} steps", baseline_value=1.0, target="<= 0.75", unit="x",
         met=value <= 0.75,
-        notes=f"synthetic data ({TRAIN_BATCHES}x{BATCH} train batches cycled, {VAL_BATCHES}x8 "
+        notes=f"Muon runs not at AdamW's loss by the budget continue at the floor lr (up to "
+              f"3x) so the ratio is measured; synthetic data ({TRAIN_BATCHES}x{BATCH} train batches cycled, {VAL_BATCHES}x8 "
               f"held-out val, fixed val noise); warm-up {max(1, STEPS // 10)} + cosine to 10%; "
               f"lr grid at the full budget, final val: AdamW {fmt[0]} -> {a_lr:g}, Muon "
               f"{fmt[1]} -> {m_lr:g} (its AdamW part at {a_lr:g}); {SEEDS} seeds (init + "
