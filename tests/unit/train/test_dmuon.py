@@ -107,10 +107,10 @@ def test_two_gloo_ranks_match_single_process(tmp_path: Path) -> None:
     n_muon = len(opt.muon_params())
     for r in res:
         for p, q in zip(net.parameters(), r["params"], strict=True):
-            torch.testing.assert_close(q, p, atol=1e-6, rtol=0)
+            torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5)  # fp32 matmul blocking
         for i, st in ref_sd["state"].items():  # gathered state == single-process state
             for k, v in st.items():
-                torch.testing.assert_close(r["state"]["state"][i][k], v, atol=1e-6, rtol=0)
+                torch.testing.assert_close(r["state"]["state"][i][k], v, atol=1e-5, rtol=1e-5)
     assert [torch.equal(a, b) for a, b in zip(res[0]["params"], res[1]["params"],
                                               strict=True)] == [True] * len(res[0]["params"])
     own = res[0]["owners"]
