@@ -95,11 +95,16 @@ def _free_port() -> int:
 
 
 def test_two_gloo_ranks_match_single_process(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    net = Net()
-    opt = MuonAdamW(*net.split(), lr=0.05, adamw_lr=3e-3, weight_decay=0.1)
-    _run(net, net, opt)
-    ref_sd = opt.state_dict()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same kernels as the single-threaded workers
+    try:
+        torch.manual_seed(0)
+        net = Net()
+        opt = MuonAdamW(*net.split(), lr=0.05, adamw_lr=3e-3, weight_decay=0.1)
+        _run(net, net, opt)
+        ref_sd = opt.state_dict()
+    finally:
+        torch.set_num_threads(threads)
 
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
