@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class BuildResult:
     episodes: pd.DataFrame
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     reused: bool = False
+    timing: dict[str, float] = field(default_factory=dict)  # serial driver work (not in manifest)
 
 
 def split_of(source_id: str, val_fraction: float) -> str:
@@ -65,6 +67,7 @@ class _Assembler:
         self.seen_content: set[str] = set()
         self.summaries: list[dict] = []
         self.events = EventCollector()
+        self.timing: dict[str, float] = {"validate_seconds": 0.0, "write_seconds": 0.0}
         names = Counter(p.partition(":")[0] for p in plan.specs)
         self.dataset_names = {
             i: (n if names[n] == 1 else f"{n}{i}")
@@ -83,7 +86,9 @@ class _Assembler:
             return
         rows = pd.DataFrame([r.row for r in batch])
         frames = pd.concat([r.frames for r in batch], ignore_index=True)
+        t0 = time.perf_counter()
         failed, summary = self.validate(self.staging, rows, frames, f"batch-{n:04d}")
+        self.timing["validate_seconds"] += time.perf_counter() - t0
         self.summaries.append(summary)
         for res in batch:
             if res.key in failed:
@@ -117,7 +122,9 @@ class _Assembler:
                 self.writers[(ep.tier, dataset)] = w
             elif abs(w.info["fps"] - ep.fps) > 1e-6:
                 raise ValueError(f"fps {ep.fps} differs from the dataset's {w.info['fps']}")
+            t0 = time.perf_counter()
             index = w.add_episode(ep)
+            self.timing["write_seconds"] += time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - the writer left its dataset as it was
             self.reject(res, {"check": "write", "path": str(root), "field": "",
                               "value": type(e).__name__, "message": str(e)})
@@ -143,6 +150,13 @@ def assemble(
 ) -> BuildResult:
     """Consume unit results (in plan order) and write the whole build into `staging`."""
     a = _Assembler(plan, staging, validate)
+    # the sentence encoder for the build-level clustering loads while the workers simulate
+    import threading
+
+    from wallwm.data.cluster import TextEncoder
+
+    warm = threading.Thread(target=TextEncoder, name="warm-text-encoder", daemon=True)
+    warm.start()
     batch: list[UnitResult] = []
     n = 0
     for res in results:
@@ -168,9 +182,12 @@ def assemble(
     atomic_write_text(staging / "splits.json", json.dumps(splits, indent=1))
     atomic_write_text(staging / "quarantine.jsonl",
                       "".join(json.dumps(q, default=str) + "\n" for q in a.quarantine))
+    warm.join()
+    t_enrich = time.perf_counter()
     events_report = enrich(staging, a.events, plan.params)
+    a.timing["enrich_seconds"] = time.perf_counter() - t_enrich
     manifest = _manifest(plan, staging, episodes, a.quarantine, a.summaries, events_report)
-    return BuildResult(plan.build_id, staging, manifest, episodes, a.quarantine)
+    return BuildResult(plan.build_id, staging, manifest, episodes, a.quarantine, timing=a.timing)
 
 
 def _manifest(plan: BuildPlan, root: Path, episodes: pd.DataFrame, quarantine: list[dict],
