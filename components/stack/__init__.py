@@ -7,6 +7,13 @@ processes it started; `status()` reports each service with its URL. Service comm
 """
 
 from components.stack.home import wallwm_home
-from components.stack.lifecycle import StackError, down, load_stack_env, status, up
+from components.stack.lifecycle import (
+    StackError,
+    down,
+    load_stack_env,
+    read_stack_env,
+    status,
+    up,
+)
 
-__all__ = ["StackError", "down", "load_stack_env", "status", "up", "wallwm_home"]
+__all__ = ["StackError", "down", "load_stack_env", "read_stack_env", "status", "up", "wallwm_home"]

@@ -310,17 +310,23 @@ def write_env_file(
     return path
 
 
-def load_stack_env(home: Path | None = None, override: bool = False) -> dict[str, str]:
-    """Put the running stack's addresses into `os.environ` (user-set variables win)."""
+def read_stack_env(home: Path | None = None) -> dict[str, str]:
+    """The addresses in `<home>/stack.env` ({} when the stack is down)."""
     path = (home or wallwm_home()) / "stack.env"
     if not path.exists():
         return {}
-    loaded = {}
+    out = {}
     for line in path.read_text().splitlines():
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        k, _, v = line.partition("=")
-        v = shlex.split(v)[0] if v else ""
+        if line and not line.startswith("#") and "=" in line:
+            k, _, v = line.partition("=")
+            out[k] = shlex.split(v)[0] if v else ""
+    return out
+
+
+def load_stack_env(home: Path | None = None, override: bool = False) -> dict[str, str]:
+    """Put the running stack's addresses into `os.environ` (user-set variables win)."""
+    loaded = {}
+    for k, v in read_stack_env(home).items():
         if override or k not in os.environ:
             os.environ[k] = v
             loaded[k] = v

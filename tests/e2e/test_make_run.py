@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from components.stack import read_stack_env
 from components.stack.home import stack_id
 from components.stack.process import marked_processes
 from tests.conftest import ROOT, SERVICE_VARS, free_port_params
@@ -46,11 +47,7 @@ def test_stack_up_retrain_down(tmp_path):
         _run(["stack", "status"], env)
 
         # the MLflow server holds the health run, and its artifact sits in the S3 bucket
-        client_env = dict(env)
-        for line in (home / "stack.env").read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                k, _, v = line.partition("=")
-                client_env[k] = v.strip("'")
+        client_env = {**env, **read_stack_env(home)}
         check = (
             "import mlflow, hashlib\n"
             "from components.storage import s3_client, get_bytes, S3Location\n"

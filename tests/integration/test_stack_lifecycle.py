@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from components.stack import down, status, up
+from components.stack import down, read_stack_env, status, up
 from components.stack.home import stack_id
 from components.stack.ports import port_is_free
 from components.stack.process import marked_processes
@@ -32,12 +32,7 @@ def own_services(monkeypatch):
 
 
 def _client_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()}
-    for line in (home / "stack.env").read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            k, _, v = line.partition("=")
-            env[k] = v.strip("'")
-    return env
+    return {**os.environ, **read_stack_env(home)}
 
 
 def _log_artifact(env: dict[str, str], payload: Path) -> str:

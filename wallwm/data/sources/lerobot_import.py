@@ -20,22 +20,9 @@ from wallwm.data.episode import FLAG_KEYS, IMAGE_PREFIX, CameraSpec, Episode
 from wallwm.data.lerobot.reader import LeRobotReader
 from wallwm.data.lerobot.video import VideoError
 from wallwm.data.sources.base import Source, SourceError, SourceSpec
+from wallwm.data.sources.digest import update_with_file
 
 CODE_VERSION = "lerobot_import/1"
-VIDEO_HASH_BYTES = 1 << 20  # videos: size + first and last MiB (whole files are too slow)
-
-
-def _hash_file(h, path: Path, whole: bool) -> None:
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}\n".encode())
-    with open(path, "rb") as f:
-        if whole or size <= 2 * VIDEO_HASH_BYTES:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        else:
-            h.update(f.read(VIDEO_HASH_BYTES))
-            f.seek(size - VIDEO_HASH_BYTES)
-            h.update(f.read())
 
 
 class LeRobotSource(Source):
@@ -102,9 +89,9 @@ class LeRobotSource(Source):
             for p in sorted((self.root / sub).rglob("*")):
                 if p.is_file():
                     h.update(str(p.relative_to(self.root)).encode())
-                    _hash_file(h, p, whole)
+                    update_with_file(h, p, whole)
         if self.cameras_path is not None:
-            _hash_file(h, self.cameras_path, True)
+            update_with_file(h, self.cameras_path, True)
         return h.hexdigest()
 
     def unit_ids(self) -> list[str]:

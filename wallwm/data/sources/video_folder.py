@@ -18,23 +18,10 @@ import numpy as np
 
 from wallwm.data.episode import IMAGE_PREFIX, CameraSpec, Episode
 from wallwm.data.sources.base import Source, SourceError, SourceSpec
+from wallwm.data.sources.digest import file_digest
 
 CODE_VERSION = "video_folder/1"
 EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov")
-HASH_BYTES = 1 << 20
-
-
-def _file_digest(path: Path, whole: bool) -> str:
-    """Whole file for sidecars; size + first and last MiB for videos (whole ones are slow)."""
-    h = hashlib.sha256(f"{path.name}:{path.stat().st_size}".encode())
-    with open(path, "rb") as f:
-        if whole or path.stat().st_size <= 2 * HASH_BYTES:
-            h.update(f.read())
-        else:
-            h.update(f.read(HASH_BYTES))
-            f.seek(-HASH_BYTES, 2)
-            h.update(f.read())
-    return h.hexdigest()
 
 
 class VideoFolderSource(Source):
@@ -84,9 +71,9 @@ class VideoFolderSource(Source):
         h = hashlib.sha256(f"{CODE_VERSION}|{self.spec}".encode())
         for v in self._videos():
             h.update(str(v.relative_to(self.root)).encode())
-            h.update(_file_digest(v, whole=False).encode())
+            h.update(file_digest(v, whole=False).encode())
             if side := self._sidecar(v):
-                h.update(_file_digest(side, whole=True).encode())
+                h.update(file_digest(side, whole=True).encode())
         return h.hexdigest()
 
     def unit_ids(self) -> list[str]:
