@@ -10,9 +10,13 @@ venv:
 	@infra/local/venv.sh
 
 ## run: start the local stack and run the end-to-end retrain on the embedded default
+## (profiles/demo.yaml: DEMO gates and the local demo reviewer, so the smoke-sized model
+## walks the whole path to the simulated robots; never a production profile)
+DEMO := --params profiles/demo.yaml
 run: venv
-	$(BIN)/wallwm stack up
-	$(BIN)/wallwm retrain
+	$(BIN)/wallwm stack up $(DEMO)
+	$(BIN)/wallwm schedule apply $(DEMO)
+	$(BIN)/wallwm retrain $(DEMO)
 
 ## test: the whole suite (services are started by fixtures on free ports)
 test: venv

@@ -19,18 +19,13 @@ TIMINGS: list[dict] = []
 def _build_rate(spec: str, workers: int) -> float:
     import time
 
-    from components.compute.parallel import ordered_map
-    from flows.build_dataset import gx_validator
+    from benchmarks.builds import fresh_build
     from wallwm.config import load_params
-    from wallwm.data.build import assemble, load_unit, make_plan
 
     p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    plan = make_plan([spec], p.data)
-    pj = plan.params.model_dump_json()
-    args = [(u.spec, pj, u.unit_id, u.key) for u in plan.units]
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        res = assemble(plan, ordered_map(load_unit, args, workers), Path(d) / "b", gx_validator)
+        res = fresh_build([spec], p.data, Path(d) / "b", workers=workers)
         dt = time.perf_counter() - t0
     TIMINGS.append({"workers": workers, "total": round(dt, 2),
                     **{k: round(v, 2) for k, v in res.timing.items()}})

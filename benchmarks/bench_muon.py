@@ -1,176 +1,134 @@
 """muon_steps_ratio: steps Muon (MuonAdamW) needs to reach AdamW's final validation loss, over
-AdamW's steps, on the tiny WALL-WM with the same data, noise, schedule and step budget.
+AdamW's steps, on the real profile build (profiles/learn.yaml) at the profile's budget.
 
-Data: a fixed set of synthetic event-mode training batches (cycled) and a held-out synthetic
-validation set, each from its own fixed generator; validation uses a fixed noise generator per
-batch, so val loss is comparable across steps, runs and optimizers. Each optimizer's lr is
-picked from a small grid at the full budget (best final val loss); Muon's AdamW part uses the
-AdamW winner's lr. The winners are then rerun with more seeds (model init + training noise) for
-the spread. The loss curves go to `benchmarks/muon_vs_adamw.png`.
+Each optimizer trains the same stage (`WALLWM_BENCH_MUON_STAGE`, default `video`: the from-
+scratch tower with the most hidden matrices) from the same seeded init, on the same balanced
+batch order, with the same warm-up + cosine schedule, validated on the build's held-out
+episodes every `EVAL_EVERY` steps with fixed noise. A small lr grid per optimizer is run at
+the full budget and the best final validation loss of each is compared: AdamW alone, Muon with
+torch's original lr scaling, and Muon with `adjust_lr_fn="match_rms_adamw"`. Curves go to
+`benchmarks/muon_vs_adamw.png`.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-import time
+import tempfile
 from pathlib import Path
-
-import torch
 
 from benchmarks.harness import Figure
 
-STEPS = int(os.environ.get("WALLWM_BENCH_MUON_STEPS", "150"))
-SEEDS = int(os.environ.get("WALLWM_BENCH_MUON_SEEDS", "2"))
-BATCH = 4
-TRAIN_BATCHES = 32
-VAL_BATCHES = 3
-EVAL_EVERY = 10
-ADAMW_LRS = (1e-3, 3e-3, 1e-2)
-MUON_LRS = (0.005, 0.01, 0.02)
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "learn.yaml"
+STAGE = os.environ.get("WALLWM_BENCH_MUON_STAGE", "video")
+STEPS = int(os.environ.get("WALLWM_BENCH_MUON_STEPS", "0"))  # 0: the profile's max_steps
+EVAL_EVERY = int(os.environ.get("WALLWM_BENCH_MUON_EVAL_EVERY", "100"))
 PNG = Path(__file__).resolve().parent / "muon_vs_adamw.png"
+GRID = {  # name: (sets, [lr sets...])
+    "adamw": (["train.optimizer=adamw"], [["train.adamw_lr=0.001"], ["train.adamw_lr=0.003"]]),
+    "muon": (["train.optimizer=muon"], [["train.lr=0.002"], ["train.lr=0.01"]]),
+    "muon_match_rms": (["train.optimizer=muon", "train.muon_adjust_lr=match_rms_adamw"],
+                       [["train.lr=0.001"], ["train.lr=0.003"]]),
+}
 
 FIGURES = {
     "muon_steps_ratio": dict(
-        what="steps for Muon+AdamW to reach AdamW's final val loss / AdamW's steps, tiny preset",
-        baseline="AdamW alone, same budget", target="<= 0.75"),
+        what="steps for Muon+AdamW to reach AdamW's final val loss / AdamW's steps, profile "
+             "build", baseline="AdamW alone, same budget", target="<= 0.75"),
 }
 
 
-def _structured(cfg, n: int, g: torch.Generator):
-    """A synthetic event batch whose targets are learnable functions of its inputs.
+def _curve(p, build: Path, out: Path) -> list[tuple[int, float]]:
+    """(step, val loss) of one run of STAGE, validated every EVAL_EVERY steps."""
+    import lightning as L
 
-    `WorldActionBatch.synthetic` draws targets independently of the inputs, so both optimizers
-    hit the same irreducible floor within ~70 steps and the comparison measures nothing. Here
-    images are smooth (8x8 noise upsampled), the boundary frame is the observation moved one
-    patch to the right, and actions are a fixed smooth function of the state and the step."""
-    import torch.nn.functional as F
+    from wallwm.train.data import data_module
+    from wallwm.train.loop import make_trainer
+    from wallwm.train.module import WallWMModule
+    from wallwm.train.stats import train_split_stats
 
-    from wallwm.model.batch import WorldActionBatch
+    L.seed_everything(p.project.seed, workers=True, verbose=False)
+    m = WallWMModule(p.model_dump(mode="json"), STAGE)
+    st = train_split_stats(build, m.model.cfg.action_dim, m.model.cfg.state_dim)
+    m.model.norm.set_stats(st["action_mean"], st["action_std"], st["state_mean"],
+                           st["state_std"])
+    dm = data_module(build, p, m.stage.mode, tiers=m.stage.tiers)
+    curve: list[tuple[int, float]] = []
 
-    b = WorldActionBatch.synthetic(cfg, n, "event", g)
-    B, V, _, S, _ = b.obs.shape
-    low = torch.rand(B * V, 3, 8, 8, generator=g) * 2 - 1
-    b.obs = F.interpolate(low, size=(S, S), mode="bilinear", align_corners=False).view(
-        B, V, 3, S, S)
-    b.future = torch.roll(b.obs, shifts=cfg.patch, dims=-1)[:, :, None]
-    La, A = b.actions.shape[1:]
-    w = torch.Generator().manual_seed(7)
-    W, u = torch.randn(b.state.shape[1], A, generator=w), torch.randn(A, generator=w)
-    ramp = torch.linspace(0, 1, La)[None, :, None]
-    b.actions = torch.tanh((b.state @ W)[:, None] * 0.5 + ramp * u)
-    return b
+    class Record(L.Callback):
+        def on_validation_epoch_end(self, trainer, module):  # noqa: ANN001
+            v = trainer.callback_metrics.get(m.stage.monitor)
+            if v is not None and not trainer.sanity_checking:
+                curve.append((int(trainer.global_step), float(v)))
 
-
-def _setup():
-    from wallwm.config import load_params
-    from wallwm.model.config import WallWMConfig
-
-    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    cfg = WallWMConfig.from_params(p)
-    gt, gv = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
-    train = [_structured(cfg, BATCH, gt) for _ in range(TRAIN_BATCHES)]
-    val = [_structured(cfg, 8, gv) for _ in range(VAL_BATCHES)]
-    return p, cfg, train, val
+    trainer, _ = make_trainer(p, out, m.stage.monitor, callbacks=[Record()],
+                              enable_progress_bar=False, enable_checkpointing=False)
+    trainer.fit(m, datamodule=dm)
+    return curve
 
 
-@torch.no_grad()
-def _val_loss(model, val) -> float:
-    model.eval()
-    tot = sum(float(model(b, generator=torch.Generator().manual_seed(10_000 + i))["loss"])
-              for i, b in enumerate(val))
-    model.train()
-    return tot / len(val)
+def _steps_to(curve: list[tuple[int, float]], level: float) -> float:
+    """First step (linearly interpolated) at which `curve` reaches `level`; inf if never."""
+    prev = (0, float("inf"))
+    for step, v in curve:
+        if v <= level:
+            if prev[1] == float("inf"):
+                return float(step)
+            s0, v0 = prev
+            return s0 + (step - s0) * (v0 - level) / max(v0 - v, 1e-12)
+        prev = (step, v)
+    return float("inf")
 
 
-def _run(setup, optimizer: str, lr: float, adamw_lr: float, seed: int,
-         until: float | None = None) -> list[tuple[int, float]]:
-    """(step, val loss) every EVAL_EVERY steps, step 0 included. With `until`, a run that has not
-    reached that val loss by the budget goes on (lr at the schedule's floor) up to 3x the budget,
-    so the steps it needs are measured rather than reported as infinite."""
-    from wallwm.model.wallwm import WallWM
-    from wallwm.train.optim import make_optimizer
+def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    import matplotlib
 
-    p, cfg, train, val = setup
-    torch.manual_seed(seed)
-    model = WallWM(cfg)
-    tp = p.train.model_copy(update={"optimizer": optimizer, "lr": lr, "adamw_lr": adamw_lr,
-                                    "max_steps": STEPS, "warmup_steps": max(1, STEPS // 10)})
-    opt, sched = make_optimizer(model, tp)
-    noise = torch.Generator().manual_seed(100 + seed)
-    curve = [(0, _val_loss(model, val))]
-    step = 0
-    while True:
-        step += 1
-        opt.zero_grad(set_to_none=True)
-        model(train[(step - 1) % len(train)], generator=noise)["loss"].backward()
-        opt.step()
-        if step <= STEPS:
-            sched.step()
-        if step % EVAL_EVERY == 0:
-            curve.append((step, _val_loss(model, val)))
-            if step >= STEPS and (until is None or curve[-1][1] <= until or step >= 3 * STEPS):
-                return curve
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-
-def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float:
-    """First (linearly interpolated) step at which the curve is <= target; inf if never."""
-    for (s0, v0), (s1, v1) in zip(curve, curve[1:], strict=False):
-        if v1 <= target:
-            if v0 <= target:
-                return float(s0)
-            return s0 + (s1 - s0) * (v0 - target) / (v0 - v1)
-    return float("inf") if curve[0][1] > target else 0.0
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, c in curves.items():
+        ax.plot([s for s, _ in c], [v for _, v in c], marker=".", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"val loss ({STAGE} stage)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def run() -> dict[str, Figure]:
-    from wallwm.train.figures import loss_curves_png
+    from benchmarks.builds import cached_build
+    from components.stack.home import wallwm_home
+    from wallwm.config import load_params
 
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    setup = _setup()
-    grid_a = {lr: _run(setup, "adamw", lr, lr, 0) for lr in ADAMW_LRS}
-    a_lr = min(grid_a, key=lambda k: grid_a[k][-1][1])
-    grid_m = {lr: _run(setup, "muon", lr, a_lr, 0) for lr in MUON_LRS}
-    m_lr = min(grid_m, key=lambda k: grid_m[k][-1][1])
-    runs_a = [grid_a[a_lr]]
-    target0 = runs_a[0][-1][1]
-    runs_m = [grid_m[m_lr] if grid_m[m_lr][-1][1] <= target0
-              else _run(setup, "muon", m_lr, a_lr, 0, until=target0)]
-    for seed in range(1, SEEDS):
-        runs_a.append(_run(setup, "adamw", a_lr, a_lr, seed))
-        runs_m.append(_run(setup, "muon", m_lr, a_lr, seed, until=runs_a[-1][-1][1]))
-    ratios = [steps_to_reach(cm, ca[-1][1]) / STEPS for ca, cm in zip(runs_a, runs_m,
-                                                                       strict=True)]
-    value = statistics.median(ratios)
-    curves = {f"AdamW lr={a_lr:g} (seed {i})": c for i, c in enumerate(runs_a)}
-    curves |= {f"Muon lr={m_lr:g}, AdamW part {a_lr:g} (seed {i})": c
-               for i, c in enumerate(runs_m)}
-    loss_curves_png(curves, PNG, title=f"tiny WALL-WM val loss, {STEPS} steps, batch {BATCH}")
-    fmt = {k: round(v[-1][1], 4) for k, v in grid_a.items()}, {
-        k: round(v[-1][1], 4) for k, v in grid_m.items()}
-    fig = Figure(
-        "muon_steps_ratio", round(value, 4), (round(min(ratios), 4), round(max(ratios), 4)),
-        what=f"steps for Muon+AdamW to reach AdamW's final val loss / AdamW's {STEPS} steps "
-             "(tiny WALL-WM, synthetic event batches)",
-        baseline=f"AdamW alone, {STEPS} steps", baseline_value=1.0, target="<= 0.75", unit="x",
-        met=value <= 0.75,
-        notes=f"Muon runs not at AdamW's loss by the budget continue at the floor lr (up to "
-              f"3x) so the ratio is measured; synthetic data ({TRAIN_BATCHES}x{BATCH} train batches cycled, {VAL_BATCHES}x8 "
-              f"held-out val, fixed val noise); warm-up {max(1, STEPS // 10)} + cosine to 10%; "
-              f"lr grid at the full budget, final val: AdamW {fmt[0]} -> {a_lr:g}, Muon "
-              f"{fmt[1]} -> {m_lr:g} (its AdamW part at {a_lr:g}); {SEEDS} seeds (init + "
-              f"noise), ratios {[round(r, 3) for r in ratios]}; final val AdamW "
-              f"{[round(c[-1][1], 4) for c in runs_a]}, Muon "
-              f"{[round(c[-1][1], 4) for c in runs_m]}; curves: benchmarks/{PNG.name}; "
-              f"{time.perf_counter() - t0:.0f} s",
-        extra={"ratios": ratios, "adamw_lr": a_lr, "muon_lr": m_lr,
-               "curves": {k: v for k, v in curves.items()}},
-    )
-    return {fig.key: fig}
-
-
-if __name__ == "__main__":
-    for f in run().values():
-        print(f.key, f.value, f.spread, f.met)
-        print(f.notes)
+    base = load_params(ROOT / "params.yaml", extra_files=[PROFILE])
+    steps = STEPS or int(base.train.max_steps)
+    build = cached_build(list(base.data.sources), base.data,
+                         wallwm_home() / "bench-builds")
+    common = [f"train.max_steps={steps}", f"train.val_every={EVAL_EVERY}",
+              "train.val_sample_batches=0"]
+    best: dict[str, tuple[str, list[tuple[int, float]]]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, (sets, lrs) in GRID.items():
+            for i, lr in enumerate(lrs):
+                p = load_params(ROOT / "params.yaml", extra_files=[PROFILE],
+                                sets=[*common, *sets, *lr])
+                c = _curve(p, build, Path(d) / f"{name}{i}")
+                if c and (name not in best or c[-1][1] < best[name][1][-1][1]):
+                    best[name] = (lr[0], c)
+    curves = {f"{k} ({lr})": c for k, (lr, c) in best.items()}
+    _plot(curves, PNG)
+    target = best["adamw"][1][-1][1]
+    ratios = {k: _steps_to(best[k][1], target) / steps for k in ("muon", "muon_match_rms")}
+    winner = min(ratios, key=ratios.get)
+    value = ratios[winner]
+    notes = (f"{STAGE} stage, {steps} steps on the profile build; AdamW final val "
+             f"{target:.4f} ({best['adamw'][0]}); Muon {ratios['muon']:.2f} "
+             f"({best['muon'][0]}), Muon match_rms_adamw {ratios['muon_match_rms']:.2f} "
+             f"({best['muon_match_rms'][0]}); curves in {PNG.name}")
+    return {"muon_steps_ratio": Figure(
+        "muon_steps_ratio", round(value, 3), (round(min(ratios.values()), 3),
+                                              round(max(ratios.values()), 3)),
+        FIGURES["muon_steps_ratio"]["what"], "AdamW alone, same budget", 1.0, "<= 0.75", "x",
+        value <= 0.75, notes, {"curves": curves, "best_variant": winner})}

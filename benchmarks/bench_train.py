@@ -60,18 +60,11 @@ def _single(build: Path, d: Path) -> float:
 
 def _fallback_build(d: Path) -> Path:
     """On a clean checkout (no `make run` yet): a small build of the default sim source."""
-    from components.compute.parallel import ordered_map
-    from flows.build_dataset import gx_validator
+    from benchmarks.builds import fresh_build
     from wallwm.config import load_params
-    from wallwm.data.build import assemble, load_unit, make_plan
 
     p = load_params(ROOT / "params.yaml")
-    plan = make_plan(["sim:episodes=12"], p.data)
-    pj = plan.params.model_dump_json()
-    out = d / "build"
-    assemble(plan, ordered_map(load_unit, [(u.spec, pj, u.unit_id, u.key) for u in plan.units],
-                               2), out, gx_validator)
-    return out
+    return Path(fresh_build(["sim:episodes=12"], p.data, d / "build", workers=2).path)
 
 
 def run() -> dict[str, Figure]:

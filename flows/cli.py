@@ -101,13 +101,20 @@ def stack_up(params: ParamsOpt = None, set_: SetOpt = None) -> None:
 
     p = resolve(params, set_)
     try:
-        with console.status("starting the local stack (MLflow, S3, Prefect, Ray)..."):
-            state = up(p.services)
+        with console.status("starting the local stack (MLflow, S3, Prefect, Ray)...") as spin:
+            state = up(p.services, on_wait=lambda m: _waiting(spin, m), registry=p.registry)
     except StackError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     _print_stack(state)
     console.print(f"addresses written to {Path(state.home) / 'stack.env'}")
+
+
+def _waiting(spin, message: str) -> None:
+    """Say why `up`/`down` sits still: another one holds the stack's lock."""
+    err.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
+    if spin is not None:
+        spin.update("waiting for the other `wallwm stack` command...")
 
 
 @stack_app.command("status")
@@ -118,6 +125,9 @@ def stack_status(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     p = resolve(params, set_)
     state = status(params=p.services)
     _print_stack(state)
+    if state.busy:
+        console.print(f"[yellow]in progress:[/] {state.busy} holds the stack's lock; run "
+                      f"`wallwm stack status` again when it is done", highlight=False)
     ours = [s for s in state.services.values() if not s.external and s.url]
     if ours and not all(s.healthy for s in ours):
         raise typer.Exit(3)
@@ -126,9 +136,13 @@ def stack_status(params: ParamsOpt = None, set_: SetOpt = None) -> None:
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop every process `stack up` started, and nothing else. Data stays under the home."""
-    from components.stack import down
+    from components.stack import StackError, down
 
-    n = down()
+    try:
+        n = down(on_wait=lambda m: _waiting(None, m))
+    except StackError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(f"stopped {n} process(es); data kept")
 
 
@@ -146,12 +160,18 @@ def data_build(
     ] = None,
 ) -> None:
     """Build (or reuse) the dataset, update data.dvc, push, and log the lineage to MLflow."""
-    from flows.build_dataset import build_dataset
-
     p = resolve(params, set_)
+    _require_stack()
+    from flows.build_dataset import build_dataset
+    from wallwm.data.build import BuildFailedError
+
     specs = [s for item in sources or [] for s in _split_specs(item)] or p.data.sources
-    out = build_dataset([str(x) for x in params or []], set_ or [], specs,
-                        str(repo) if repo else None)
+    try:
+        out = build_dataset([str(x) for x in params or []], set_ or [], specs,
+                            str(repo) if repo else None)
+    except BuildFailedError as e:  # every episode failed: the records are kept, say where
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     c = out["counts"]
     console.print(
         f"build [bold]{out['build_id']}[/] ({'reused' if out['reused'] else 'new'}): "
@@ -159,6 +179,13 @@ def data_build(
         f"  folder: {out['build_dir']}\n  data.dvc md5: {out['dvc_md5']}"
         + (f" (pushed to {out['pushed_to']})" if out["pushed_to"] else "")
     )
+
+
+def _require_stack() -> None:
+    """Exit 3 with the hint unless every service answers (before Prefect or MLflow load)."""
+    from components.stack import require_stack
+
+    require_stack()
 
 
 def _split_specs(item: str) -> list[str]:
@@ -195,14 +222,22 @@ def train_cmd(
     = False,
 ) -> None:
     """Train the curriculum (train.stages) on a build; train.workers > 1 runs on Ray Train."""
-    from flows.train import train
-
     resolve(params, set_)
-    out = train([str(x) for x in params or []], set_ or [], str(build) if build else None,
-                run_name, resume=not fresh)
+    _require_stack()
+    from flows.train import ResumeMismatch, train
+
+    try:
+        out = train([str(x) for x in params or []], set_ or [], str(build) if build else None,
+                    run_name, resume=not fresh)
+    except ResumeMismatch as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if out.get("reused"):
+        console.print(f"run {out['run_name']} is complete: nothing to train (model "
+                      f"{out.get('model_uri')}); use --run-name NEW or --fresh to train again")
     for name, st in out["stages"].items():
-        console.print(f"{name}: validation loss {st['initial_val']} -> {st['final_val']} "
-                      f"({st['steps']} steps), best {st['best']}")
+        console.print(f"{name}: validation loss {st.get('initial_val')} -> "
+                      f"{st.get('final_val')} ({st.get('steps')} steps), best {st.get('best')}")
     console.print(f"run {out['run_name']} (MLflow {out['mlflow_run_id']}), model "
                   f"{out.get('model_uri', '-')}")
 
@@ -210,11 +245,33 @@ def train_cmd(
 @app.command("retrain")
 def retrain(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """The end-to-end retrain flow (what `make run` runs), against the running stack."""
+    resolve(params, set_)  # fail fast on a bad configuration
+    _require_stack()
     from flows.retrain import main
 
-    resolve(params, set_)  # fail fast on a bad configuration
     raise typer.Exit(main(params=[str(x) for x in params or []], sets=set_ or []))
 
+
+def _register_subcommands() -> None:
+    """Sub-apps of the later stages, each in its own file (flows/cli_<stage>.py)."""
+    from flows.cli_distill import distill_cmd, export_cmd
+    from flows.cli_eval import eval_cmd
+    from flows.cli_registry import approve_cmd, promote_cmd, registry_app, reject_cmd
+    from flows.cli_release import release_app
+    from flows.cli_schedule import schedule_app
+
+    app.command("eval")(eval_cmd)
+    app.command("distill")(distill_cmd)
+    app.command("export")(export_cmd)
+    app.add_typer(release_app, name="release")
+    app.command("approve")(approve_cmd)
+    app.command("reject")(reject_cmd)
+    app.command("promote")(promote_cmd)
+    app.add_typer(registry_app, name="registry")
+    app.add_typer(schedule_app, name="schedule")
+
+
+_register_subcommands()
 
 if __name__ == "__main__":
     app()

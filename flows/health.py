@@ -23,6 +23,7 @@ from components.storage import S3Location, get_bytes, put_bytes, s3_client
 from components.tracking import artifact_sha256, log_bytes, log_json, start_run
 from components.versioning import dvc_md5
 from wallwm.config import load_params
+from wallwm.config.schema import Params
 
 
 @task(retries=2, retry_delay_seconds=2)
@@ -93,6 +94,17 @@ def ray_roundtrip() -> dict[str, Any]:
     }
 
 
+def probe_bucket(p: Params) -> str:
+    """The probe's own bucket (`services.s3.health_bucket`), never the one robots pull from."""
+    bucket = p.services.s3.health_bucket
+    if bucket == p.release.bucket:
+        raise ValueError(
+            f"services.s3.health_bucket = {bucket!r} is release.bucket: the health probe would "
+            f"write into the releases channel robots read; give it its own bucket"
+        )
+    return bucket
+
+
 @task
 def dvc_pin() -> dict[str, Any]:
     root = project_root()
@@ -103,7 +115,8 @@ def dvc_pin() -> dict[str, Any]:
 def stack_health(
     params_files: list[str] | None = None, sets: list[str] | None = None
 ) -> dict[str, Any]:
-    """Write and read one artifact through S3, MLflow (stored in S3), Ray and Prefect."""
+    """Write and read one artifact through S3 (its own bucket), MLflow (stored in S3), Ray and
+    Prefect."""
     log = get_run_logger()
     p = load_params(extra_files=params_files or [], sets=sets or [])
     artifact_bucket = p.services.mlflow.bucket if p.services.mlflow.artifact_store == "s3" else None
@@ -114,7 +127,7 @@ def stack_health(
         }
     }
     with start_run(p.project.experiment, "stack-health", tags={"wallwm.stage": "health"}) as run:
-        report["s3"] = s3_roundtrip(p.release.bucket)
+        report["s3"] = s3_roundtrip(probe_bucket(p))
         log.info("S3 round trip ok: %s", report["s3"]["key"])
         report["mlflow"] = mlflow_artifact_roundtrip(run.info.run_id, artifact_bucket)
         log.info(
@@ -142,7 +155,7 @@ def stack_health(
 
 
 if __name__ == "__main__":
-    from components.stack import load_stack_env
+    from components.stack import require_stack
 
-    load_stack_env()
+    require_stack()  # loads stack.env; exits 3 with the hint when a service is missing
     print(stack_health(sets=[]))

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from components.compute.ray_train import fit_on_ray, ray_lightning_kwargs
 from components.stack.home import project_root, wallwm_home
 from components.tracking import dataset_entry, start_run
+from components.tracking.runs import base_tags
 from components.tracking.training import (
     UploadCheckpoints,
     find_run,
@@ -32,12 +34,13 @@ from components.tracking.training import (
 )
 from components.versioning import dvc_md5
 from wallwm.config import load_params
-from wallwm.config.load import params_hash
 from wallwm.config.schema import Params
 from wallwm.train.figures import loss_curves_png
 from wallwm.util.atomic import atomic_write_text
 
 RUN_TAG = "wallwm.train_run_name"
+PARAMS_TAG = "wallwm.train_params_hash"
+MODEL_TAG = "wallwm.model_uri"
 SERVICE_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "WALLWM_HOME")
 
@@ -61,7 +64,7 @@ def _ray_stage_worker(config: dict[str, Any]) -> None:
                     figures_dir=Path(config["figures_dir"]), **ray_lightning_kwargs())
     out = {"initial_val": res.initial_val, "final_val": res.final_val,
            "best": res.best_checkpoint, "last": res.last_checkpoint, "steps": res.steps,
-           "figures": [str(f) for f in res.figures]}
+           "figures": [str(f) for f in res.figures], "metrics": _stage_metrics(res.metrics)}
     if ray.train.get_context().get_world_rank() == 0:  # the driver reads it (shared disk) ...
         atomic_write_text(Path(config["stage_dir"]) / "result.json", json.dumps(out))
     ray.train.report({k: v for k, v in out.items() if k != "figures"})  # ... or the report
@@ -98,10 +101,18 @@ def train_stage(p: Params, stage: str, build_dir: Path, stage_dir: Path, init_fr
                         figures_dir=figures_dir)
         result = {"initial_val": res.initial_val, "final_val": res.final_val,
                   "best": res.best_checkpoint, "last": res.last_checkpoint, "steps": res.steps,
-                  "figures": [str(f) for f in res.figures]}
+                  "figures": [str(f) for f in res.figures],
+                  "metrics": _stage_metrics(res.metrics)}
     log.info("stage %s: val %s -> %s in %s steps", stage, result["initial_val"],
              result["final_val"], result["steps"])
     return result
+
+
+def _stage_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The final figures worth a look beside the loss: validation (losses, baselines,
+    deployment condition, sampled figures) and the text decoder's pretraining."""
+    return {k: float(v) for k, v in metrics.items()
+            if k.startswith(("val/", "decoder_")) and v == v}
 
 
 def _val_curve(run_id: str, key: str) -> list[tuple[int, float]]:
@@ -119,16 +130,26 @@ def train(params_files: list[str] | None = None, sets: list[str] | None = None,
     repo = Path(os.environ.get("WALLWM_DVC_REPO") or project_root())
     build = (Path(build_dir) if build_dir else repo / p.data.output_dir).resolve()
     manifest = json.loads((build / "manifest.json").read_text())
-    try:
-        md5 = dvc_md5(repo, p.data.output_dir)
-    except Exception:  # noqa: BLE001 - a build folder outside a DVC repo has no pin
-        md5 = "unpinned"
-    run_name = run_name or f"train-{manifest['build_id']}-{params_hash(p)[:8]}"
+    lineage = build_lineage(repo, p.data.output_dir, build, manifest)
+    md5 = lineage["dvc_md5"]
+    phash = training_params_hash(p, manifest["build_id"])
+    run_name = run_name or f"train-{manifest['build_id']}-{phash[:8]}"
     ckpt_root = wallwm_home() / "checkpoints" / run_name
     existing = find_run(p.project.experiment, RUN_TAG, run_name) if resume else None
     tags = {"wallwm.stage": "train", RUN_TAG: run_name, "wallwm.build_id": manifest["build_id"],
-            "wallwm.data_dvc_md5": md5}
-    out: dict[str, Any] = {"run_name": run_name, "stages": {}}
+            "wallwm.data_dvc_md5": md5, "wallwm.data_pinned": str(lineage["pinned"]).lower(),
+            PARAMS_TAG: phash, "wallwm.data_validation": lineage["validation"]}
+    out: dict[str, Any] = {"run_name": run_name, "stages": {}, "reused": False}
+    if existing:
+        check_resume(existing, run_name, phash, p, manifest["build_id"])
+        done_uri = mlflow.get_run(existing).data.tags.get(MODEL_TAG)
+        if done_uri and all((ckpt_root / st / "DONE.json").exists() for st in p.train.stages):
+            log.info("training run %s is complete (model %s): nothing to train", run_name,
+                     done_uri)
+            return {"run_name": run_name, "mlflow_run_id": existing, "model_uri": done_uri,
+                    "reused": True, "build_id": manifest["build_id"],
+                    "stages": {st: json.loads((ckpt_root / st / "DONE.json").read_text())
+                               for st in p.train.stages}}
     mlflow.set_experiment(p.project.experiment)
     with (mlflow.start_run(run_id=existing, log_system_metrics=True) if existing else
           start_run(p.project.experiment, run_name, tags=tags)) as run:
@@ -140,7 +161,8 @@ def train(params_files: list[str] | None = None, sets: list[str] | None = None,
             import pandas as pd
 
             eps = pd.read_parquet(build / "episodes.parquet")
-            mlflow.log_input(dataset_entry(eps, manifest["build_id"], md5, str(build)),
+            digest = md5 if lineage["pinned"] else manifest["build_id"]  # content address
+            mlflow.log_input(dataset_entry(eps, manifest["build_id"], digest, str(build)),
                              context="training")
         out["mlflow_run_id"] = run.info.run_id
         prev: Path | None = None
@@ -157,14 +179,23 @@ def train(params_files: list[str] | None = None, sets: list[str] | None = None,
             sid = find_run(p.project.experiment, RUN_TAG, f"{run_name}/{stage}") if resume else None
             with (mlflow.start_run(run_id=sid, nested=True) if sid else
                   mlflow.start_run(run_name=stage, nested=True,
-                                   tags={**tags, RUN_TAG: f"{run_name}/{stage}"})) as sr:
+                                   tags={**base_tags(), **tags,
+                                         RUN_TAG: f"{run_name}/{stage}"})) as sr:
                 res = train_stage(p, stage, build, stage_dir, prev, sr.info.run_id, resume)
                 if res["initial_val"] is not None:
                     mlflow.log_metric("initial_val_loss", res["initial_val"])
                 if res["final_val"] is not None:
                     mlflow.log_metric("final_val_loss", res["final_val"])
-                for f in res["figures"]:
-                    mlflow.log_artifact(f, artifact_path="figures")
+                decoder = {k: v for k, v in res.get("metrics", {}).items()
+                           if k.startswith("decoder_")}
+                if decoder:  # the frozen text decoder's pretraining, beside its unigram baseline
+                    mlflow.log_metrics(decoder)
+                base = stage_dir.parent / "figures" / stage
+                for f in res["figures"]:  # mixed stages keep figures/event/, figures/unified/
+                    sub = Path(f).parent
+                    rel = sub.relative_to(base).as_posix() if sub.is_relative_to(base) else "."
+                    mlflow.log_artifact(f, artifact_path="figures" + (
+                        "" if rel == "." else f"/{rel}"))
                 from wallwm.train.stages import stage as stage_def
 
                 key = stage_def(stage, _lw(p)).monitor
@@ -177,8 +208,77 @@ def train(params_files: list[str] | None = None, sets: list[str] | None = None,
             best = res.get("best") or res.get("last")
             prev = Path(best) if best else prev
         if prev is not None:
-            out["model_uri"] = _log_final_model(p, prev)
+            out["model_uri"] = _log_final_model(p, prev, build, {
+                **lineage, "build_id": manifest["build_id"], "train_run": run.info.run_id,
+                "train_run_name": run_name, "checkpoint": str(prev)})
+            mlflow.set_tag(MODEL_TAG, out["model_uri"])
+    out["build_id"] = manifest["build_id"]
     return out
+
+
+def build_lineage(repo: Path, output_dir: str, build: Path, manifest: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The data version of the build trained on: its DVC md5 only when `<output_dir>.dvc`
+    pins this very build (else "unpinned": another build is published), and whether it
+    passed validation (from its own manifest)."""
+    pinned_id = None
+    published = repo / output_dir / "manifest.json"
+    if published.exists():
+        pinned_id = json.loads(published.read_text()).get("build_id")
+    md5 = "unpinned"
+    if pinned_id == manifest["build_id"]:
+        try:
+            md5 = dvc_md5(repo, output_dir)
+        except Exception:  # noqa: BLE001 - a published folder without a .dvc pin
+            md5 = "unpinned"
+    val = manifest.get("validation") or {}
+    ok = val.get("success", val.get("passed"))
+    status = "unknown" if ok is None else ("passed" if ok else "failed")
+    return {"dvc_md5": md5, "pinned": md5 != "unpinned", "pinned_build_id": pinned_id,
+            "validation": status}
+
+
+def training_params_hash(p: Params, build_id: str) -> str:
+    """What a training run's results depend on: model, train, seed and the build."""
+    import hashlib
+
+    blob = json.dumps({"model": p.model.model_dump(mode="json"),
+                       "train": p.train.model_dump(mode="json"), "seed": p.project.seed,
+                       "build_id": build_id}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ResumeMismatch(ValueError):
+    """A named run resumed with other parameters: its stages would mix two configurations."""
+
+
+def check_resume(run_id: str, run_name: str, phash: str, p: Params, build_id: str) -> None:
+    """Refuse to resume `run_name` when its recorded params hash differs, naming the keys."""
+    run = mlflow.get_run(run_id)
+    old = run.data.tags.get(PARAMS_TAG)
+    if old is None or old == phash:
+        return
+    diffs: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                       artifact_path="params/resolved.json",
+                                                       dst_path=d)
+            before = json.loads(Path(path).read_text())
+        now = p.model_dump(mode="json")
+        for sec in ("model", "train"):
+            fb, fn = _flat(before.get(sec, {}), f"{sec}."), _flat(now[sec], f"{sec}.")
+            diffs += [f"{k}: {fb.get(k)!r} -> {fn.get(k)!r}" for k in sorted(set(fb) | set(fn))
+                      if fb.get(k) != fn.get(k)]
+    except Exception:  # noqa: BLE001 - the names are a courtesy; the hashes decide
+        pass
+    if run.data.tags.get("wallwm.build_id") not in (None, build_id):
+        diffs.append(f"build: {run.data.tags['wallwm.build_id']} -> {build_id}")
+    raise ResumeMismatch(
+        f"training run {run_name!r} was started with other parameters (params hash "
+        f"{old[:12]} vs {phash[:12]} now)" + (": " + "; ".join(diffs[:8]) if diffs else "")
+        + ". Resume it with the same --params/--set, or start a new run with another "
+        "--run-name (or --no-resume)")
 
 
 def _lw(p: Params):
@@ -188,24 +288,21 @@ def _lw(p: Params):
     return LossWeights(t.video, t.action, t.event_end, t.cot)
 
 
-def _log_final_model(p: Params, checkpoint: Path) -> str:
-    """The last stage's best weights as a pyfunc model whose signature is one event batch."""
-    import torch
+def _log_final_model(p: Params, checkpoint: Path, build: Path, lineage: dict[str, Any]) -> str:
+    """The last stage's best weights as a self-contained pyfunc model (weights with their
+    normalization statistics, tokenizer, the contract of what it was trained on, lineage)."""
+    import pandas as pd
 
-    from wallwm.model.batch import WorldActionBatch
-    from wallwm.model.config import WallWMConfig
+    from wallwm.eval.spec import ModelContract
     from wallwm.train.module import WallWMModule
+    from wallwm.train.stages import ROBOT_TIERS
 
-    cfg = WallWMConfig.from_params(p)
-    b = WorldActionBatch.synthetic(cfg, 1, "event", torch.Generator().manual_seed(0),
-                                   with_targets=False)
-    example = {k: v.numpy() for k, v in b.__dict__.items()
-               if isinstance(v, torch.Tensor)}
     m = WallWMModule.load_from_checkpoint(str(checkpoint), map_location="cpu").eval()
-    pred = m.model.predict(b, mode="event", return_video=False,
-                           generator=torch.Generator().manual_seed(0))
-    output = {"actions": pred["actions"].numpy(), "end_prob": pred["end_prob"].numpy()}
-    return log_model(checkpoint, example, output)
+    eps = pd.read_parquet(build / "episodes.parquet")
+    robot = sorted(set(eps[eps.tier.isin(ROBOT_TIERS)].dataset)) or sorted(set(eps.dataset))
+    contract = ModelContract.from_dataset(build / robot[0], m.model.cfg.views,
+                                          p.data.annotate.vocabulary).to_json()
+    return log_model(m.model, build / "tokenizer.json", contract, lineage)
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -220,6 +317,9 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from components.stack import require_stack
+
+    require_stack()  # exit 3 with the hint when a service is missing or stale
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", action="append", default=[])
     ap.add_argument("--set", dest="sets", action="append", default=[])

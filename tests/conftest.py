@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,8 @@ SERVICE_VARS = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "WALLWM_PARAMS",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
 )
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
@@ -56,7 +59,7 @@ def stack() -> Iterator[dict[str, str]]:
     home = Path(os.environ["WALLWM_HOME"])
     params = load_params(ROOT / "params.yaml", sets=free_port_params())
     try:
-        up(params.services, home=home)
+        up(params.services, home=home, registry=params.registry)
         env = load_stack_env(home, override=True)
         yield env
     finally:
@@ -73,7 +76,30 @@ def stack() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
+def prefect(stack) -> Iterator[Any]:
+    """A Prefect client of the stack's server. Prefect reads its settings when first imported,
+    possibly before `stack` loaded the addresses (then its client would talk to a temporary
+    server of its own): `temporary_settings` pins the stack's API URL however early that was."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            yield client
+
+
+@pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"{SHARED_DATASETS} is absent (CI keeps shared/ beside the checkout)")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def sim_build4(tmp_path_factory) -> Path:
+    """One real 4-episode sim build (one per task) shared by every test that trains or evaluates
+    on real data: building it costs about a minute on 2 cores, so it is made once a session."""
+    from tests.unit.build.test_bad_inputs import _build
+
+    _, res = _build("sim:episodes=4", tmp_path_factory.mktemp("sim_build4") / "b")
+    return Path(res.path)

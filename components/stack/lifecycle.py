@@ -6,7 +6,9 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,15 +16,27 @@ from typing import Any
 import requests
 import yaml
 
-from components.stack.home import credentials, project_root, stack_id, wallwm_home
+from components.stack import mlflow_auth
+from components.stack.home import (
+    credentials,
+    private_dir,
+    project_root,
+    stack_id,
+    wallwm_home,
+    write_private,
+)
+from components.stack.lock import LockTimeout, busy, stack_lock
+from components.stack.nanio_leftovers import remove_nanio_leftovers
 from components.stack.ports import RAY_WORKER_PORTS, free_port, port_is_free, port_open
 from components.stack.process import MARKER, alive, spawn, stop_marked, terminate
 from components.storage.s3 import ensure_buckets, s3_client
-from wallwm.config.schema import ServicesParams
+from wallwm.config.schema import RegistryParams, ServicesParams
 from wallwm.util.atomic import atomic_write_text
 
-ORDER = ("s3", "mlflow", "prefect", "ray")
+ORDER = ("s3", "mlflow", "prefect", "ray", "worker")
 SPEC_FILE = project_root() / "infra" / "local" / "services.yaml"
+LOCK_SLACK_S = 300.0  # how much longer than its own start-up budget an `up` waits for another
+DOWN_WAIT_S = 900.0
 
 
 class StackError(RuntimeError):
@@ -40,15 +54,26 @@ class ServiceState:
     running: bool = False
     healthy: bool = False
     note: str = ""
+    moved_from: int | None = None  # the configured port, when it was taken and this one used
+
+    def port_note(self) -> str:
+        return f"port {self.moved_from} was taken; using {self.port}" if self.moved_from else ""
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 @dataclass
 class StackState:
     home: str
     services: dict[str, ServiceState] = field(default_factory=dict)
+    busy: str | None = None  # set by status(): an `up`/`down` holds the lock right now
 
     def save(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(asdict(self), indent=2))
+        data = asdict(self)
+        data.pop("busy")
+        atomic_write_text(path, json.dumps(data, indent=2))
 
     @classmethod
     def load(cls, path: Path) -> StackState | None:
@@ -105,56 +130,115 @@ def _log_tail(path: Path, n: int = 25) -> str:
         return "<no log>"
 
 
-def _pick_port(name: str, wanted: int, host: str, policy: str, taken: set[int]) -> tuple[int, str]:
-    if wanted and wanted in RAY_WORKER_PORTS and name != "ray":
+def _pick_port(
+    name: str,
+    configured: int,
+    host: str,
+    policy: str,
+    taken: set[int],
+    previous: int | None = None,
+) -> tuple[int, int | None]:
+    """The port to use and, when the configured one was taken, that configured port."""
+    if configured and configured in RAY_WORKER_PORTS and name != "ray":
         raise StackError(
-            f"services.{name}.port = {wanted} lies in Ray's worker port range 10002-19999; choose another"
+            f"services.{name}.port = {configured} lies in Ray's worker port range 10002-19999; "
+            f"choose another"
         )
-    if wanted and wanted not in taken and port_is_free(host, wanted):
-        return wanted, ""
-    if wanted and policy == "error":
-        raise StackError(
-            f"port {wanted} for {name} is taken on {host}; free it, set services.{name}.port to "
-            f"another port (0 = any free), or set services.on_port_taken=next_free"
-        )
-    port = free_port(host, avoid=taken)
-    return port, (f"port {wanted} was taken; using {port}" if wanted else "")
+    if configured:
+        if configured not in taken and port_is_free(host, configured):
+            return configured, None
+        if policy == "error":
+            raise StackError(
+                f"port {configured} for {name} is taken on {host}; free it, set "
+                f"services.{name}.port to another port (0 = any free), or set "
+                f"services.on_port_taken=next_free"
+            )
+    if (
+        previous
+        and previous not in taken
+        and (name == "ray" or previous not in RAY_WORKER_PORTS)
+        and port_is_free(host, previous)
+    ):
+        return previous, configured or None  # keep addresses stable (bookmarks, env files)
+    return free_port(host, avoid=taken), configured or None
 
 
 def _ray_tmp(home: Path) -> Path:
-    # Ray's unix socket paths must stay under ~107 bytes: keep the temp dir short.
-    tmp = home / "ray"
-    if len(str(tmp)) > 40:
-        tmp = Path("/tmp") / f"wallwm-ray-{stack_id(home)}"
-    tmp.mkdir(parents=True, exist_ok=True)
+    """Ray's --temp-dir, inside a 0700 folder of ours.
+
+    Ray makes its session folders 0777 (`try_make_directory_shared`), so only a private parent
+    keeps other users out. Its unix socket paths must stay under ~107 bytes: a long home puts
+    the parent in the system temp folder instead (checked to be ours, not a planted link).
+    """
+    parent = home / "ray"
+    if len(str(parent / "r")) > 40:
+        parent = Path(tempfile.gettempdir()) / f"wallwm-ray-{stack_id(home)}"
+    try:
+        private_dir(parent, must_own=True)
+    except PermissionError as e:
+        raise StackError(f"Ray's temp folder: {e}") from None
+    tmp = parent / "r"
+    tmp.mkdir(exist_ok=True)
     return tmp
 
 
 def _prestart(name: str, data: Path) -> None:
     if name == "s3":
-        # A killed upload leaves nanio `.tmp.<uuid>` files that would list as keys.
-        for leftover in data.rglob(".tmp.*"):
-            if leftover.is_file():
-                leftover.unlink()
+        remove_nanio_leftovers(data)  # exactly nanio's own temp names; user objects stay
+
+
+def _stop_service(sid: str, name: str, pid: int | None) -> int:
+    """Stop one service of ours; Ray through its `ray start --block` parent first (raylet, then
+    GCS), then whatever still carries the service's marker."""
+    stopped = 0
+    if name == "ray" and alive(pid):
+        import psutil
+
+        try:
+            terminate([psutil.Process(pid)], timeout=20)
+            stopped += 1
+        except psutil.Error:
+            pass
+    return stopped + stop_marked(sid, name)
 
 
 def _is_ours(name: str, env_value: str, prev: StackState | None) -> bool:
-    return bool(prev and name in prev.services and prev.services[name].url == env_value)
+    """The variable holds the address of a service this stack started (loaded from stack.env)."""
+    old = prev.services.get(name) if prev else None
+    return bool(old and not old.external and old.url == env_value)
 
 
 def up(
-    params: ServicesParams, home: Path | None = None, timeout: float | None = None
+    params: ServicesParams,
+    home: Path | None = None,
+    timeout: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
+    registry: RegistryParams | None = None,
 ) -> StackState:
-    """Start every service not already running or provided; wait until all are healthy."""
-    home = (home or wallwm_home()).resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    """Start every service not already running or provided; wait until all are healthy.
+
+    Holds the stack's lock for the whole operation: a second `up` (or a `down`) of the same home
+    waits, telling `on_wait` why, and then finds this one's services running. If the start
+    fails, the services this call started are stopped again; ones already running stay.
+    """
+    home = private_dir((home or wallwm_home()).resolve())
+    budget = timeout or params.startup_timeout_s
+    try:
+        with stack_lock(home, "up", wait_s=budget + LOCK_SLACK_S, on_wait=on_wait):
+            return _up_locked(params, home, budget, registry or RegistryParams())
+    except LockTimeout as e:
+        raise StackError(str(e)) from None
+
+
+def _up_locked(params: ServicesParams, home: Path, budget: float,
+               registry: RegistryParams) -> StackState:
     sid = stack_id(home)
     state_file = home / "stack.json"
     prev = StackState.load(state_file)
     spec = _spec()
     host = params.host
     key, secret = credentials(home)
-    deadline = time.monotonic() + (timeout or params.startup_timeout_s)
+    deadline = time.monotonic() + budget
     state = StackState(str(home))
     taken: set[int] = set()
     values: dict[str, Any] = {
@@ -169,13 +253,24 @@ def up(
         "object_store_bytes": params.ray.object_store_mb * 1024 * 1024,
         "ray_tmp": str(_ray_tmp(home)),
     }
+    # Ray's head also listens on fixed defaults (dashboard 8265, its agent 52365): a second
+    # stack or another Ray on this machine would collide, so give it free ones
+    for k in ("ray_dashboard_port", "ray_agent_port"):
+        values[k] = free_port(host, avoid=taken)
+        taken.add(values[k])
     started: list[str] = []
     s3_moved = False
 
-    def launch(name: str) -> None:
+    def launch(name: str, client_env: dict[str, str] | None = None) -> None:
         svc_spec = spec[name]
-        env_value = os.environ.get(svc_spec["env_var"])
+        env_value = os.environ.get(svc_spec["env_var"]) if "env_var" in svc_spec else None
         old = prev.services.get(name) if prev else None
+        follows = svc_spec.get("follows")
+        if follows and state.services[follows].external:  # e.g. a user's Prefect: its workers
+            state.services[name] = ServiceState(
+                name, "", external=True, note=f"not started: {follows} is not the stack's own"
+            )
+            return
         if env_value and not _is_ours(name, env_value, prev):
             state.services[name] = ServiceState(
                 name,
@@ -185,7 +280,9 @@ def up(
                 note=f"from ${svc_spec['env_var']}; not started",
             )
             return
-        depends_moved = name == "mlflow" and s3_moved
+        # mlflow follows a moved S3; the worker hands the stack's addresses to its flow runs, so
+        # it restarts with any service this `up` (re)started
+        depends_moved = (name == "mlflow" and s3_moved) or (name == "worker" and bool(started))
         if (
             old
             and not old.external
@@ -195,25 +292,35 @@ def up(
         ):
             if _healthy(svc_spec, host, old.port, old.url):
                 state.services[name] = ServiceState(
-                    **{**asdict(old), "running": True, "healthy": True, "note": "already running"}
+                    **{
+                        **asdict(old),
+                        "running": True,
+                        "healthy": True,
+                        "note": _join("already running", old.port_note()),
+                    }
                 )
                 taken.add(old.port)
                 return
         # A stale process of ours (e.g. after a crash of `up`) would hold the data dir: stop it.
         stop_marked(sid, name, timeout=10)
-        wanted = getattr(params, name).port
-        if old and not old.external and old.port and (not wanted or wanted == old.port):
-            wanted = old.port  # keep addresses stable across restarts (bookmarks, env files)
-        port, note = _pick_port(name, wanted, host, params.on_port_taken, taken)
+        previous = old.port if old and not old.external else None
+        port, moved_from = _pick_port(  # (the worker has no section: any free port)
+            name, getattr(getattr(params, name, None), "port", 0), host, params.on_port_taken,
+            taken, previous,
+        )
         taken.add(port)
-        data = home / name
-        data.mkdir(parents=True, exist_ok=True)
+        data = private_dir(home / name)
         _prestart(name, data)
         v = {**values, "port": port, "data": str(data)}
         url = _fill(svc_spec["url"], v)
         cmd = _fill(svc_spec["command"], v)
+        base = dict(os.environ)
+        if client_env is not None:  # the addresses of this stack, none left from an old one
+            for k in set(read_stack_env(home)) | set(client_env):
+                base.pop(k, None)
+            base.update(client_env)
         env = {
-            **os.environ,
+            **base,
             **_fill(svc_spec.get("env", {}), v),
             MARKER: sid,
             "WALLWM_SERVICE": name,
@@ -225,7 +332,9 @@ def up(
                     env[k] = os.environ[k]
         log = home / "logs" / f"{name}.log"
         pid = spawn(cmd, env, log, cwd=data)
-        state.services[name] = ServiceState(name, url, port=port, pid=pid, log=str(log), note=note)
+        svc = ServiceState(name, url, port=port, pid=pid, log=str(log), moved_from=moved_from)
+        svc.note = svc.port_note()
+        state.services[name] = svc
         started.append(name)
 
     def wait(name: str) -> None:
@@ -265,25 +374,66 @@ def up(
             if params.mlflow.artifact_store == "s3"
             else str(mlflow_art)
         )
+        values.update(mlflow_auth.prepare(home))  # {auth_config}, {flask_secret}: before start
         launch("mlflow")
         for name in ("mlflow", "prefect", "ray"):
             wait(name)
-    except BaseException:
-        state.save(state_file)  # so `down` can still find what did start
+        mlf = state.services["mlflow"]
+        if not mlf.external:
+            try:  # users, models, permissions as params say; no default admin left
+                mlflow_auth.provision(mlf.url, registry, home)
+            except mlflow_auth.ProvisioningError as e:
+                raise StackError(f"MLflow basic-auth: {e}") from None
+            mlf.note = _join(mlf.note, f"basic-auth; accounts in {home / mlflow_auth.USERS_FILE}")
+        addresses = client_env(home, state, key, secret, params)
+        launch("worker", addresses)  # last: it needs Prefect, and hands all addresses to runs
+        wait("worker")
+    except BaseException as e:
+        _roll_back(sid, state, started)
+        # keep what this call did not reach (still running from before) so status and down see it
+        kept = {k: v for k, v in (prev.services if prev else {}).items() if k not in state.services}
+        StackState(str(home), {**kept, **state.services}).save(state_file)
+        if isinstance(e, StackError) and started:
+            raise StackError(
+                f"{e}\nstopped again what this `up` had started: {', '.join(started)}"
+            ) from None
         raise
     state.save(state_file)
     write_env_file(home, state, key, secret, params)
     return state
 
 
+def _roll_back(sid: str, state: StackState, started: list[str]) -> None:
+    """Stop exactly the services this `up` started (reverse order); leave the others alone."""
+    for name in reversed(started):
+        s = state.services[name]
+        _stop_service(sid, name, s.pid)
+        s.running = s.healthy = False
+        s.pid = None
+        s.note = _join("stopped: `up` failed", s.port_note())
+
+
 def write_env_file(
     home: Path, state: StackState, key: str, secret: str, params: ServicesParams
 ) -> Path:
     """`<home>/stack.env`: what a client needs (shell-sourceable, also read by load_stack_env)."""
+    env = client_env(home, state, key, secret, params)
+    path = home / "stack.env"
+    text = "# written by `wallwm stack up`; `set -a; . this; set +a` to use it in a shell\n"
+    text += "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
+    write_private(path, text)  # holds the S3 secret key: 0600 from its first byte
+    return path
+
+
+def client_env(
+    home: Path, state: StackState, key: str, secret: str, params: ServicesParams
+) -> dict[str, str]:
+    """The variables that point a client (a command, a flow run of the worker) at this stack."""
     s = state.services
     env: dict[str, str] = {
         "WALLWM_HOME": str(home),
         "MLFLOW_TRACKING_URI": s["mlflow"].url,
+        **({} if s["mlflow"].external else mlflow_auth.client_env(home)),
         "PREFECT_API_URL": s["prefect"].url,
         "RAY_ADDRESS": s["ray"].url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -303,11 +453,7 @@ def write_env_file(
                 "AWS_DEFAULT_REGION": params.s3.region,
             }
         )
-    path = home / "stack.env"
-    text = "# written by `wallwm stack up`; `set -a; . this; set +a` to use it in a shell\n"
-    text += "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
-    atomic_write_text(path, text, mode=0o600)
-    return path
+    return env
 
 
 def read_stack_env(home: Path | None = None) -> dict[str, str]:
@@ -334,14 +480,19 @@ def load_stack_env(home: Path | None = None, override: bool = False) -> dict[str
 
 
 def status(home: Path | None = None, params: ServicesParams | None = None) -> StackState:
-    """What runs now: each service's URL, whether its process lives and whether it answers."""
-    home = home or wallwm_home()
+    """What runs now: each service's URL, whether its process lives and whether it answers.
+
+    Reads `stack.json` once (it is replaced atomically, so never half-written) and never waits
+    for the lock: while an `up` or `down` holds it, `busy` names that command.
+    """
+    home = (home or wallwm_home()).resolve()
     spec = _spec()
     prev = StackState.load(home / "stack.json") or StackState(str(home))
     host = (params or ServicesParams()).host
-    out = StackState(str(home))
+    out = StackState(str(home), busy=busy(home))
     for name in ORDER:
-        env_value = os.environ.get(spec[name]["env_var"])
+        var = spec[name].get("env_var")
+        env_value = os.environ.get(var) if var else None
         old = prev.services.get(name)
         if env_value and not _is_ours(name, env_value, prev):
             out.services[name] = ServiceState(
@@ -360,7 +511,7 @@ def status(home: Path | None = None, params: ServicesParams | None = None) -> St
                     **asdict(old),
                     "running": running,
                     "healthy": healthy,
-                    "note": "" if running else "stopped",
+                    "note": old.port_note() if running else "stopped",
                 }
             )
         elif old:
@@ -370,22 +521,26 @@ def status(home: Path | None = None, params: ServicesParams | None = None) -> St
     return out
 
 
-def down(home: Path | None = None) -> int:
-    """Stop every process this stack started (and nothing else); return how many were stopped."""
-    home = (home or wallwm_home()).resolve()
+def down(home: Path | None = None, on_wait: Callable[[str], None] | None = None) -> int:
+    """Stop every process this stack started (and nothing else); return how many were stopped.
+
+    Takes the stack's lock, so it waits for an `up` in progress instead of racing it.
+    """
+    home = private_dir((home or wallwm_home()).resolve())
+    try:
+        with stack_lock(home, "down", wait_s=DOWN_WAIT_S, on_wait=on_wait):
+            return _down_locked(home)
+    except LockTimeout as e:
+        raise StackError(str(e)) from None
+
+
+def _down_locked(home: Path) -> int:
     sid = stack_id(home)
     prev = StackState.load(home / "stack.json")
-    stopped = 0
-    # Ray first through its `ray start --block` parent (it tears down raylet, then GCS).
-    if prev and "ray" in prev.services and alive(prev.services["ray"].pid):
-        import psutil
-
-        try:
-            terminate([psutil.Process(prev.services["ray"].pid)], timeout=20)
-            stopped += 1
-        except psutil.Error:
-            pass
-    for name in ("mlflow", "prefect", "ray", "s3"):
+    stopped = stop_marked(sid, "worker")  # first: its flow runs use every other service
+    ray_pid = prev.services["ray"].pid if prev and "ray" in prev.services else None
+    stopped += _stop_service(sid, "ray", ray_pid)
+    for name in ("mlflow", "prefect", "s3"):
         stopped += stop_marked(sid, name)
     stopped += stop_marked(sid)
     env_file = home / "stack.env"

@@ -18,10 +18,15 @@ import psutil
 MARKER = "WALLWM_STACK_ID"
 
 
+# Service data (objects, mlflow.db, prefect.db, logs) is for the stack's owner only.
+SERVICE_UMASK = 0o077
+
+
 def spawn(cmd: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path | None = None) -> int:
-    """Start `cmd` in a new session with output appended to `log`; return its pid."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    """Start `cmd` in a new session (umask 077) with output appended to `log`; return its pid."""
+    log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
@@ -32,6 +37,7 @@ def spawn(cmd: Sequence[str], env: Mapping[str, str], log: Path, cwd: Path | Non
             stdin=subprocess.DEVNULL,
             cwd=cwd,
             start_new_session=True,
+            umask=SERVICE_UMASK,
         )
     return proc.pid
 

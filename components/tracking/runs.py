@@ -20,8 +20,9 @@ from mlflow.entities import Run
 from wallwm.util.atomic import sha256_file
 
 
-def git_revision(cwd: Path | None = None) -> str:
-    """The checkout's commit, with `-dirty` when it has uncommitted changes; `unknown` outside git."""
+def git_state(cwd: Path | None = None) -> tuple[str, bool]:
+    """(commit sha, dirty) of the checkout; ("unknown", False) outside git. Dirty means
+    tracked files differ from the commit (untracked files do not count)."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
@@ -33,22 +34,53 @@ def git_revision(cwd: Path | None = None) -> str:
             text=True,
             check=True,
         ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
+        return rev, bool(dirty)
     except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown"
+        return "unknown", False
+
+
+def git_revision(cwd: Path | None = None) -> str:
+    """The checkout's commit, with `-dirty` when it has uncommitted changes (for humans and
+    manifests; MLflow's `mlflow.source.git.commit` gets the plain sha)."""
+    rev, dirty = git_state(cwd)
+    return rev + ("-dirty" if dirty else "")
+
+
+def prefect_flow_run_id() -> str | None:
+    """The Prefect flow run this code runs in, if any (`prefect.runtime`, which knows it in
+    any flow run; the environment variable only exists in worker-launched runs)."""
+    try:
+        from prefect.runtime import flow_run
+
+        fid = flow_run.id
+    except Exception:  # noqa: BLE001 - outside Prefect or an old runtime
+        fid = None
+    return str(fid) if fid else os.environ.get("PREFECT__FLOW_RUN_ID")
+
+
+def base_tags() -> dict[str, str]:
+    rev, dirty = git_state()
+    tags = {"wallwm.git_revision": rev + ("-dirty" if dirty else ""),
+            "mlflow.source.git.commit": rev, "wallwm.git_dirty": str(dirty).lower()}
+    if pr := prefect_flow_run_id():
+        tags["prefect.flow_run_id"] = pr
+    from components.registry.identity import run_user_tags
+
+    tags.update(run_user_tags())  # the authenticated MLflow account: the four-eyes rule reads it
+    return tags
 
 
 @contextlib.contextmanager
 def start_run(
-    experiment: str, run_name: str, tags: dict[str, str] | None = None, nested: bool = False
+    experiment: str, run_name: str, tags: dict[str, str] | None = None, nested: bool = False,
+    log_system_metrics: bool = True,
 ) -> Iterator[Run]:
-    """An MLflow run in `experiment`, tagged with the git revision (and the Prefect run if any)."""
+    """An MLflow run in `experiment`, tagged with the git revision (plain sha + dirty flag)
+    and the Prefect flow run; system metrics (CPU, memory) are sampled while it is open."""
     mlflow.set_experiment(experiment)
-    base_tags = {"wallwm.git_revision": git_revision(), "mlflow.source.git.commit": git_revision()}
-    if pr := os.environ.get("PREFECT__FLOW_RUN_ID"):
-        base_tags["prefect.flow_run_id"] = pr
     with mlflow.start_run(
-        run_name=run_name, tags={**base_tags, **(tags or {})}, nested=nested
+        run_name=run_name, tags={**base_tags(), **(tags or {})}, nested=nested,
+        log_system_metrics=log_system_metrics,
     ) as run:
         yield run
 

@@ -3,6 +3,10 @@ written (so a run can resume on another machine), restore, and the final model w
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +57,15 @@ def restore_checkpoint(run_id: str, stage: str, dst_dir: Path) -> Path | None:
     want = f"checkpoints/{stage}/last.ckpt"
     if want not in names:
         return None
+    import tempfile
+
     dst_dir.mkdir(parents=True, exist_ok=True)
-    got = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=want,
-                                              dst_path=str(dst_dir.parent.parent))
-    return Path(got)
+    with tempfile.TemporaryDirectory(dir=dst_dir) as tmp:  # MLflow saves <dst>/last.ckpt
+        got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=want,
+                                                       dst_path=tmp))
+        final = dst_dir / "last.ckpt"
+        os.replace(got, final)  # same file system: atomic
+    return final
 
 
 def find_run(experiment: str, name_tag: str, value: str) -> str | None:
@@ -70,35 +79,114 @@ def find_run(experiment: str, name_tag: str, value: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-class _WallWMPyfunc(mlflow.pyfunc.PythonModel):
-    """Serve a trained checkpoint: a dict of numpy arrays (the WorldActionBatch fields) in, the
-    sampled actions / end probabilities out."""
-
-    def load_context(self, context: Any) -> None:
-        from wallwm.train.module import WallWMModule
-
-        self.module = WallWMModule.load_from_checkpoint(context.artifacts["checkpoint"],
-                                                        map_location="cpu")
-        self.module.eval()
-
-    def predict(self, context: Any, model_input: dict[str, np.ndarray], params=None):
-        import torch
-
-        from wallwm.model.batch import WorldActionBatch
-
-        mode = (params or {}).get("mode", "event")
-        kw = {k: torch.as_tensor(v) for k, v in model_input.items()}
-        b = WorldActionBatch(mode=mode, **kw)
-        out = self.module.model.predict(b, mode=mode, return_video=False)
-        return {"actions": out["actions"].numpy(), "end_prob": out["end_prob"].numpy()}
+MODEL_REQUIREMENTS = ("torch", "numpy", "safetensors", "jaxtyping", "tokenizers", "mlflow")
 
 
-def log_model(checkpoint: Path, example: dict[str, np.ndarray], output: dict[str, np.ndarray],
+def _pins(names: tuple[str, ...]) -> list[str]:
+    """`name==version` from the lock (constraints.txt) where it has them, else installed."""
+    from importlib.metadata import version
+
+    from components.stack.home import project_root
+
+    lock: dict[str, str] = {}
+    path = project_root() / "constraints.txt"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "==" in line and not line.startswith("#"):
+                k, v = line.split("==", 1)
+                lock[k.strip().lower()] = v.strip()
+    return [f"{n}=={lock.get(n, version(n))}" for n in names]
+
+
+def _signature(cfg: Any) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    V, S, A = cfg.views, cfg.image_size, cfg.action_dim
+    f32, i64, b8 = np.dtype("float32"), np.dtype("int64"), np.dtype("bool")
+    inputs = Schema([
+        TensorSpec(f32, (-1, V, 3, S, S), "obs"), TensorSpec(i64, (-1, -1), "text_ids"),
+        TensorSpec(b8, (-1, -1), "text_mask"), TensorSpec(f32, (-1, cfg.state_dim), "state"),
+        TensorSpec(f32, (-1, V, 3, 3), "intrinsics"), TensorSpec(f32, (-1, V, 4, 4), "extrinsics"),
+        TensorSpec(b8, (-1, V), "calibrated"), TensorSpec(f32, (-1,), "abs_time"),
+        TensorSpec(i64, (-1,), "event_type")])
+    outputs = Schema([TensorSpec(f32, (-1, -1, A), "actions"),
+                      TensorSpec(b8, (-1, -1), "action_mask"),
+                      TensorSpec(f32, (-1, -1), "end_prob")])
+    params = ParamSchema([ParamSpec("mode", "string", "event"), ParamSpec("steps", "long", 0),
+                          ParamSpec("seed", "long", 0)])
+    return ModelSignature(inputs, outputs, params)
+
+
+def log_model(model: Any, tokenizer: Path, contract: dict[str, Any], lineage: dict[str, Any],
               name: str = "model") -> str:
-    """Log the checkpoint as an MLflow pyfunc model with an inferred signature; returns its URI."""
-    from mlflow.models import infer_signature
+    """Log a trained `WallWM` as a self-contained pyfunc model (see pyfunc_model.py): weights
+    (normalization statistics and the text decoder included), config, the build's tokenizer,
+    the contract (cameras, sizes, embodiment) and lineage; returns its `models:/m-...` URI."""
+    import tempfile
 
-    sig = infer_signature(example, output, params={"mode": "event"})
-    info = mlflow.pyfunc.log_model(name=name, python_model=_WallWMPyfunc(),
-                                   artifacts={"checkpoint": str(checkpoint)}, signature=sig)
+    from safetensors.torch import save_file
+
+    import components.tracking.pyfunc_model as code
+    import wallwm
+    from wallwm.util.atomic import atomic_write_text
+
+    model.norm.require()
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(d / "weights.safetensors"))
+        atomic_write_text(d / "config.json", json.dumps(model.cfg.to_dict(), default=list))
+        atomic_write_text(d / "contract.json", json.dumps(contract, indent=2))
+        atomic_write_text(d / "lineage.json", json.dumps(lineage, indent=2, default=str))
+        shutil.copyfile(tokenizer, d / "tokenizer.json")
+        arts = {k: str(d / f) for k, f in (("weights", "weights.safetensors"),
+                                           ("config", "config.json"),
+                                           ("contract", "contract.json"),
+                                           ("lineage", "lineage.json"),
+                                           ("tokenizer", "tokenizer.json"))}
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=code.__file__, artifacts=arts,
+            code_paths=[str(Path(wallwm.__file__).parent)], signature=_signature(model.cfg),
+            pip_requirements=_pins(MODEL_REQUIREMENTS))
     return info.model_uri
+
+
+@dataclass
+class LoadedModel:
+    """A logged model, loaded for evaluation, distillation or export."""
+
+    model: Any  # WallWM, eval mode
+    tokenizer_path: Path
+    contract: dict[str, Any]
+    lineage: dict[str, Any]
+    local_dir: Path
+
+
+def load_logged_model(uri: str, dst: Path | None = None) -> LoadedModel:
+    """Download a model logged by `log_model` (`models:/...`, `runs:/<id>/model` or a local
+    folder) and load it."""
+    if Path(uri).exists():
+        local = Path(uri)
+    else:  # one folder per model URI under the stack's home: a second load reuses it
+        import hashlib
+
+        from components.stack.home import wallwm_home
+
+        dst = dst or wallwm_home() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        if not (dst / "MLmodel").exists():
+            from wallwm.util.atomic import atomic_dir
+
+            with atomic_dir(dst) as staging:
+                got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
+                                                               dst_path=str(staging)))
+                if got != staging:  # the model folder inside the download
+                    for item in got.iterdir():
+                        os.replace(item, staging / item.name)
+        local = dst
+    pm = mlflow.pyfunc.load_model(str(local))
+    impl = pm.unwrap_python_model()
+    art = local / "artifacts"
+    return LoadedModel(impl.model, art / "tokenizer.json",
+                       json.loads((art / "contract.json").read_text()),
+                       json.loads((art / "lineage.json").read_text()), local)

@@ -2,7 +2,10 @@
 
 DVC's repository lock fails concurrent calls instead of waiting, so every call here takes a
 process-wide file lock first. The `local` remote is a folder under the stack home; the `s3`
-remote's endpoint and keys go to `.dvc/config.local` (never committed).
+remote's endpoint and keys go to `.dvc/config.local` (never committed). That file holds the S3
+secret, so it is written here, not with `dvc remote modify --local` (the secret would sit on a
+command line any local user can read in `ps`): the same configobj format DVC 3 reads
+(`dvc.config.Config.load_file`), replaced atomically by a file that is 0600 from creation.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from configobj import ConfigObj
+
+from wallwm.util.atomic import atomic_write_text
 
 
 class DvcError(RuntimeError):
@@ -66,13 +72,32 @@ def configure_remotes(repo: Path, local_dir: Path, s3_endpoint: str | None,
         run_dvc(repo, "remote", "add", "-d", "local", str(local_dir))
     if "s3" not in names:
         run_dvc(repo, "remote", "add", "s3", f"s3://{bucket}/data")
-    run_dvc(repo, "remote", "modify", "--local", "local", "url", str(local_dir))
+    remotes: dict[str, dict[str, str]] = {"local": {"url": str(local_dir)}}
     if s3_endpoint:
-        run_dvc(repo, "remote", "modify", "--local", "s3", "endpointurl", s3_endpoint)
-        run_dvc(repo, "remote", "modify", "--local", "s3", "region", region)
+        remotes["s3"] = {"endpointurl": s3_endpoint, "region": region}
         if key and secret:
-            run_dvc(repo, "remote", "modify", "--local", "s3", "access_key_id", key)
-            run_dvc(repo, "remote", "modify", "--local", "s3", "secret_access_key", secret)
+            remotes["s3"].update(access_key_id=key, secret_access_key=secret)
+    write_local_config(repo, remotes)
+
+
+def write_local_config(repo: Path, remotes: dict[str, dict[str, str]]) -> Path:
+    """Merge remote settings into `<repo>/.dvc/config.local` (other settings there are kept).
+
+    Sections are DVC's `['remote "<name>"']`; the file is rewritten through a temp file created
+    0600, so the secret is never readable by others, not even for a moment.
+    """
+    path = repo / ".dvc" / "config.local"
+    with _lock(repo):
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        conf = ConfigObj(lines)
+        for name, options in remotes.items():
+            section = f'remote "{name}"'
+            if section not in conf:
+                conf[section] = {}
+            conf[section].update(options)
+        conf.indent_type = "    "  # as DVC writes its own config files
+        atomic_write_text(path, "\n".join(conf.write()) + "\n", mode=0o600)  # mkstemp: 0600
+    return path
 
 
 def dvc_add(repo: Path, target: str) -> str:

@@ -10,14 +10,18 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-32)
 stamp=.venv/.wallwm-lock-hash
 
-# System libraries: OSMesa renders MuJoCo (Meta-World) on machines without a GPU.
-if ! ldconfig -p 2>/dev/null | grep -q libOSMesa; then
+# System libraries: OSMesa renders MuJoCo (Meta-World) on machines without a GPU; libfaketime
+# lets the robot agent's clock-skew test move one process's clock.
+need=()
+ldconfig -p 2>/dev/null | grep -q libOSMesa || need+=(libosmesa6)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing libosmesa6 (MuJoCo software rendering)..."
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6 >/dev/null) \
-      || echo "warning: could not install libosmesa6; the sim source will fail to render" >&2
+    echo "installing ${need[*]} (MuJoCo software rendering, the agent's clock-skew test)..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) \
+      || echo "warning: could not install ${need[*]}; the sim source will fail to render" >&2
   else
-    echo "warning: libOSMesa is missing; install it (Debian/Ubuntu: sudo apt-get install libosmesa6)" >&2
+    echo "warning: missing ${need[*]}; install them (Debian/Ubuntu: sudo apt-get install ${need[*]})" >&2
   fi
 fi
 

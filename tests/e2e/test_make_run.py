@@ -35,15 +35,41 @@ def test_stack_up_retrain_down(tmp_path):
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=repo, check=True)
     env.update(WALLWM_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect"), COLUMNS="200",
                WALLWM_DVC_REPO=str(repo))
+    demo = ["--params", "profiles/demo.yaml"]  # what `make run` passes
     sets = [a for s in free_port_params() for a in ("--set", s)]
     run_sets = ["--set", "data.sources=[sim:episodes=4]", "--set", "train.max_steps=6",
-                "--set", "train.val_every=3", "--set", "train.batch_size=4"]
+                "--set", "train.val_every=3", "--set", "train.batch_size=4",
+                "--set", "distill.max_steps=6", "--set", "distill.val_every=3",
+                "--set", "retrain.fleet_robots=2",
+                # closed loop on two tasks, one condition: the full grid belongs to `wallwm eval`
+                "--set", "eval.tasks=[pick-place-v3,push-v3]",
+                "--set", "eval.conditions=[new_layout]", "--set", "eval.videos=1"]
     try:
-        _run(["stack", "up", *sets], env)
-        out = _run(["retrain", *run_sets], env).stdout
-        assert "retrain finished" in out and "MLflow UI" in out
+        _run(["stack", "up", *demo, *sets], env)
+        _run(["schedule", "apply", *demo], env)  # as `make run` does
+        listed = _run(["schedule", "list"], env).stdout
+        for name in ("nightly", "on-data-build", "on-fleet-inbox"):
+            assert name in listed, listed
+        out = _run(["retrain", *demo, *run_sets], env, timeout=1500).stdout
+        assert "retrain: Completed - released" in out, out[-4000:]
+        for stage in ("health", "data", "train", "evaluate", "distill_export", "register",
+                      "approve", "promote", "release"):
+            assert f"│ {stage}" in out, (stage, out[-3000:])
         assert "train video" in out and "train action" in out and "model:" in out
+        assert "/#/experiments/" in out and "/runs/flow-run/" in out  # clickable links
         assert (repo / "data.dvc").exists() and (repo / "data" / "manifest.json").exists()
+        # the simulated fleet runs the released engine
+        import json
+
+        status = json.loads(_run(["release", "status", "--fleet", "demo", "--json", *demo],
+                                 env).stdout)
+        version = status["rollout"]["version"]
+        assert len(status["robots"]) == 2 and all(
+            r["running"] == version and r["state"] == "serving" for r in status["robots"]), status
+        # a second run with nothing changed trains nothing and says what it reused
+        again = _run(["retrain", *demo, *run_sets], env, timeout=600).stdout
+        assert ("reused stages: data, train, evaluate, distill_export, register, approve, "
+                "promote") in again, again[-3000:]
         _run(["stack", "status"], env)
 
         # the MLflow server holds the health run, and its artifact sits in the S3 bucket

@@ -103,3 +103,49 @@ def test_s3_remote_push(stack, repo):
 
     keys = s3_client().list_objects_v2(Bucket="wallwm-dvc").get("KeyCount", 0)
     assert keys > 0
+
+
+def test_build_where_every_episode_fails_keeps_its_records(stack, repo, tmp_path, prefect):
+    """Nothing accepted: the quarantine and a failed manifest land in builds/failed/<id>/ and in
+    the data build's MLflow run, the message says where, and Prefect does not retry."""
+    import shutil
+
+    import mlflow
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from tests.fixtures.lerobot_fixtures import make_v21
+
+    root = make_v21(tmp_path / "novideo", lengths=(6, 6))
+    shutil.rmtree(root / "videos")
+    proc = subprocess.run(
+        [WALLWM, "data", "build", "--sources", f"lerobot:path={root}", "--repo", str(repo),
+         "--set", "data.workers=1"],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    failed = Path(os.environ["WALLWM_HOME"]) / "builds" / "failed"
+    (kept,) = [d for d in failed.iterdir() if d.is_dir()]
+    assert "no episode passed validation" in out and f"{kept}/" in out, out[-3000:]
+    assert not (failed.parent / kept.name).exists()  # a failed build is never a build
+    rows = [json.loads(x) for x in (kept / "quarantine.jsonl").read_text().splitlines()]
+    assert [(r["check"], r["source_id"], r["tier"]) for r in rows] == [
+        ("video_missing", f"novideo/{i}", "t2_robot_public") for i in range(2)]
+    manifest = json.loads((kept / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["build_id"] == kept.name
+
+    (run,) = mlflow.search_runs(experiment_names=["wallwm"], output_format="list",
+                                filter_string=f"tags.`wallwm.build_id` = '{kept.name}'")
+    assert run.data.tags["wallwm.build_status"] == "failed" and run.info.run_id in out
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "build")}
+    assert {"build/manifest.json", "build/quarantine.jsonl"} <= names
+
+    runs = prefect.read_task_runs(task_run_filter=TaskRunFilter(
+        name=TaskRunFilterName(like_="materialize-build"),
+        state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.FAILED]))))
+    assert [r.run_count for r in runs] == [1]  # a deterministic failure is not retried

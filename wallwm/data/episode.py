@@ -13,6 +13,8 @@ Conventions (the LeRobot feature names where LeRobot has one):
   (T, H, W, 3), frame i shown at ``timestamps[i]`` (or a callable that yields the frames, for
   sources too large to hold in memory).
 * ``timestamps`` float64 (T,) seconds from the episode start, strictly increasing.
+* ``robot_type`` and ``feature_names`` (per feature, LeRobot's ``names``: which joint is which
+  dimension) as the source declares them; the writer keeps both in ``info.json``.
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ class Episode:
     cameras: dict[str, CameraSpec] = field(default_factory=dict)
     ground_truth: list[Event] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able provenance (seed, env, ...)
+    robot_type: str | None = None  # LeRobot's robot_type, e.g. "so101_follower"
+    feature_names: dict[str, Any] = field(default_factory=dict)  # feature -> LeRobot `names`
 
     @property
     def length(self) -> int:

@@ -71,7 +71,8 @@ class TierSchema:
         """The rules for these tables (per-camera and per-feature rules follow the columns)."""
         r = [
             Rule("episodes", "in_set", "tier", values=(self.name,), why="episode is in this tier"),
-            Rule("episodes", "unique", "source_id", why="the same input episode twice"),
+            Rule("episodes", "unique", "identity",
+                 why="the same input episode twice (same source, same source_id)"),
             Rule("episodes", "unique", "content_sha256", why="identical content twice (duplicate)"),
             Rule("episodes", "between", "length", min=2, why="an episode needs at least 2 frames"),
             Rule("episodes", "between", "fps", min=self.fps_range[0], max=self.fps_range[1]),
@@ -145,8 +146,19 @@ def content_hash(ep: Episode) -> str:
     return h.hexdigest()
 
 
-def probe(ep: Episode, episode_key: str) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The episode-table row and the frame table of one episode (what the tier rules check)."""
+def identity(source: str, source_id: str) -> str:
+    """An episode's identity in a build: its source (the spec, e.g. ``lerobot:path=/a/ds``) and
+    its source_id. A source_id alone is not enough: two datasets in folders of the same name
+    give the same ids (``ds/0``) to different episodes. Equal content is caught apart, by
+    ``content_sha256``."""
+    return f"{source} #{source_id}"
+
+
+def probe(ep: Episode, episode_key: str, source: str | None = None
+          ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The episode-table row and the frame table of one episode (what the tier rules check).
+    ``source`` names where it came from (the build passes the source spec; default the
+    plugin name)."""
     ts = np.asarray(ep.timestamps, dtype=np.float64)
     d = np.diff(ts)
     rot_err = 0.0
@@ -161,6 +173,7 @@ def probe(ep: Episode, episode_key: str) -> tuple[dict[str, Any], pd.DataFrame]:
         "episode_key": episode_key,
         "source": ep.source,
         "source_id": ep.source_id,
+        "identity": identity(ep.source if source is None else source, ep.source_id),
         "tier": ep.tier,
         "task": ep.task,
         "task_chars": len(ep.task.strip()),
@@ -185,7 +198,8 @@ def probe(ep: Episode, episode_key: str) -> tuple[dict[str, Any], pd.DataFrame]:
         a = np.asarray(arr)
         if a.dtype.kind not in "fiub" or len(a) != ep.length:
             continue
-        flat = a.reshape(ep.length, -1).astype(np.float64)
+        width = int(np.prod(a.shape[1:], dtype=np.int64))  # reshape(0, -1) is ambiguous
+        flat = a.reshape(ep.length, width).astype(np.float64)
         flat = np.where(np.isfinite(flat), flat, np.nan)  # inf fails the not-null rule too
         if flat.shape[1] == 1:
             cols[name] = flat[:, 0]

@@ -10,11 +10,14 @@ A action dim, S state dim, Lc CoT text):
                                                     or F <= frames (unified mode); None = predict
     text_ids     (B, Lt) long, text_mask (B, Lt) bool   next-event description / instruction
     event_type   (B,) long, -1 = none
-    state        (B, S) float                       proprio state
-    actions      (B, La, A) float | None            continuous actions, gripper last
+    state        (B, S) float                       proprio state, dataset units
+    actions      (B, La, A) float | None            continuous actions, gripper last, dataset units
+                                                    (the model normalizes: wallwm/model/normalize.py)
     action_mask  (B, La) bool                       False = padding (out of every loss)
     event_end    (B, La) float                      1 at the event's last step (event mode)
-    intrinsics   (B, V, 3, 3), extrinsics (B, V, 4, 4) camera-to-world, calibrated (B, V) bool
+    intrinsics   (B, V, 3, 3), extrinsics (B, V, 4, 4) camera-to-world, or (B, V, T, 4, 4)
+                 per frame (T = 1 + F: observation, then the future frames; moving cameras),
+                 calibrated (B, V) bool
     abs_time     (B,) float                         seconds from the episode start
     mode         "event" | "unified"
     cot_ids, cot_mask  (B, Lc) | None               chain-of-thought text (unified mode)
@@ -194,8 +197,9 @@ def check_batch(b: WorldActionBatch, cfg: WallWMConfig, *, need_targets: bool,
         hint = " (cameras are marked calibrated and frustum masking is on)"
         _shape("intrinsics", b.intrinsics, (B, V, 3, 3), hint)
         if b.extrinsics is None or b.extrinsics.shape[:2] != (B, V) or tuple(
-                b.extrinsics.shape[-2:]) != (4, 4):
-            _shape("extrinsics", b.extrinsics, (B, V, 4, 4), hint)
+                b.extrinsics.shape[-2:]) != (4, 4) or b.extrinsics.dim() not in (4, 5):
+            _shape("extrinsics", b.extrinsics, (B, V, 4, 4),
+                   hint + "; or (B, V, T, 4, 4), one pose per frame (moving cameras)")
         cal = b.calibrated.bool()
         k = b.intrinsics[cal]
         if not bool(torch.isfinite(k).all()) or bool((k[:, 2, 2] == 0).any()):

@@ -63,6 +63,18 @@ class WallWMConfig:
     video_anchor_t: float = 1.0  # noise level of the one cached video pass at inference
     anchor_prob: float = 0.25  # training: share of samples whose video noise is the anchor
     recompute_video: bool = False  # inference: rerun the video tower at every action step
+    # what each tower's head predicts: "x" the clean sample (converted to a velocity through a
+    # full-rank skip from x_t, Li & He 2025), "v" the velocity itself (needs out dim <= width)
+    video_target: str = "x"
+    action_target: str = "v"
+    x_pred_min_t: float = 0.05  # v = (x_t - x_hat) / max(t, this): bounded near clean data
+    # video x-prediction relative to the observation frame (x_hat = obs + head): a fresh tower
+    # samples exactly the copy-the-observation baseline and learns what changes
+    video_residual: bool = True
+    # action velocity as a residual over the best linear predictor for unit-variance data
+    # (normalized actions): v = F + (2t - 1) / (t^2 + (1 - t)^2) x_t, EDM-style c_skip
+    # preconditioning (Karras et al. 2022); a fresh head scores the mean/variance baseline
+    action_skip: bool = True
     loss: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
@@ -77,6 +89,18 @@ class WallWMConfig:
                 f"{self.action_heads}")
         if self.relay_depth > self.vlm_depth:
             problems.append(f"relay_depth {self.relay_depth} > vlm_depth {self.vlm_depth}")
+        for tower, target, out, width in (
+                ("video", self.video_target, self.patch_dim, self.width),
+                ("action", self.action_target, self.action_dim, self.action_width)):
+            if target not in ("x", "v"):
+                problems.append(f"{tower}_target {target!r}: use 'x' or 'v'")
+            elif target == "v" and out > width:
+                problems.append(
+                    f"{tower}_target 'v' with an output of {out} values per token through width "
+                    f"{width}: the predicted velocity would span at most {width} of {out} "
+                    f"dimensions, so the rest of the noise is never removed; use "
+                    f"{tower}_target 'x' (full rank through the x_t skip), a width >= {out}"
+                    + (", or a smaller patch" if tower == "video" else ""))
         if problems:
             raise ValueError("WallWMConfig: " + "; ".join(problems))
 
@@ -123,7 +147,9 @@ class WallWMConfig:
             depth_range=tuple(model.depth_range_m), tube_mask_prob=model.tube_mask_prob,
             tube_size=model.tube_size, tube_loss_weight=model.tube_loss_weight,
             denoise_steps=model.denoise_steps, video_anchor_t=model.video_anchor_t,
-            recompute_video=model.recompute_video,
+            recompute_video=model.recompute_video, video_target=model.video_target,
+            action_target=model.action_target, video_residual=model.video_residual,
+            action_skip=model.action_skip,
         )
         train = getattr(params, "train", None)
         if train is not None:

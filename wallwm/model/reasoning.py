@@ -91,6 +91,9 @@ class _Rotary(nn.Module):
 
     def forward(self, start: int, n: int) -> tuple[Tensor, Tensor]:
         """cos, sin for positions start..start+n-1: (n, head_dim) each."""
+        if self.cos.is_inference() and not torch.is_inference_mode_enabled():
+            # grown under inference mode (a validation pass): autograd cannot save those
+            self.cos, self.sin = self.cos.clone(), self.sin.clone()
         if start + n > self.cos.shape[0]:
             size = max(start + n, 2 * self.cos.shape[0], 128)
             inv = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32,
@@ -185,6 +188,22 @@ class TextDecoder(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    @torch.no_grad()
+    def generate(self, prefix: Tensor, max_new: int, eos_id: int | None = None) -> Tensor:
+        """Greedy decoding after a soft prefix (B, Lp, width) -> ids (B, max_new); rows that
+        emitted `eos_id` keep emitting it (so a caller can cut at the first one)."""
+        b = prefix.shape[0]
+        ids = torch.zeros(b, 0, dtype=torch.long, device=prefix.device)
+        done = torch.zeros(b, dtype=torch.bool, device=prefix.device)
+        for _ in range(min(max_new, self.max_len)):
+            mask = torch.ones_like(ids, dtype=torch.bool)
+            nxt = self(ids, mask, prefix)[:, -1].argmax(-1)  # (B,)
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done = done | (nxt == eos_id)
+            ids = torch.cat([ids, nxt[:, None]], 1)
+        return ids
+
 
 def _lm_nll(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
     """Mean NLL of ids (B, L) under logits (B, L, V) already aligned (logits[i] predicts ids[i])."""
@@ -229,7 +248,7 @@ class PrefixCache:
     """The prefix encoded once, shared by both decoders."""
 
     kv: list[KV]  # per layer: keys/values of the prefix, (B, H, P, d) each
-    key_mask: Tensor | None  # (B, 1, 1, P) bool, True = valid; None when nothing is padded
+    key_mask: Tensor  # (B, 1, 1, P) bool, True = valid (always built: no branch on values)
     bot: Tensor  # (B, 1, W): final-normed hidden state of <bot>, the input of latent slot 0
 
 
@@ -252,18 +271,21 @@ class ReasoningModule(nn.Module):
         # r_1..r_{K-1} added to the relayed state at depth N_r (r_0 = 0: slot 0 is exact);
         # zero-init so staircase starts as the plain relay
         self.relay = nn.Parameter(torch.zeros(cfg.num_latents - 1, w))
-        self._mask_cache: dict[tuple[int, int, torch.device], Tensor] = {}
         dw = cfg.decoder_width or w
         self.decoder = TextDecoder(cfg.vocab_size, dw, cfg.decoder_depth,
                                    cfg.decoder_heads or cfg.heads, cfg.max_text_len)
         self.decoder.freeze()
         self.to_decoder = nn.Linear(w, dw)
         _init_weights(self.to_decoder)
+        # set once the decoder is pretrained on the build's text (a CoT loss through an
+        # untrained decoder sits at log V and says nothing)
+        self.register_buffer("decoder_trained", torch.zeros((), dtype=torch.bool))
 
     def set_decoder(self, decoder: TextDecoder) -> None:
         """Plug in a pretrained text decoder (frozen here); the prefix projection is rebuilt
         if its width differs."""
         decoder.freeze()
+        self.decoder_trained.fill_(True)
         if decoder.width != self.to_decoder.out_features:
             self.to_decoder = nn.Linear(self.cfg.width, decoder.width).to(self.bot.device)
             _init_weights(self.to_decoder)
@@ -285,11 +307,10 @@ class ReasoningModule(nn.Module):
         vis = self.visual_in(visual) + self.visual_type  # (B, Nv, W)
         x = torch.cat([self.embed(text_ids), vis, self.bot.expand(b, 1, -1)], dim=1)  # (B,P,W)
         p = x.shape[1]
-        key_mask = None
-        if not bool(text_mask.all()):
-            valid = torch.cat([text_mask.bool(), text_mask.new_ones(b, p - text_ids.shape[1],
-                                                                    dtype=torch.bool)], dim=1)
-            key_mask = valid[:, None, None, :]  # (B, 1, 1, P)
+        valid = torch.cat([text_mask.bool(), torch.ones(b, p - text_ids.shape[1],
+                                                        dtype=torch.bool,
+                                                        device=text_mask.device)], dim=1)
+        key_mask = valid[:, None, None, :]  # (B, 1, 1, P)
         cos, sin = self.rope(0, p)
         kv = []
         for blk in self.blocks:
@@ -299,23 +320,15 @@ class ReasoningModule(nn.Module):
 
     def _latent_mask(self, cache: PrefixCache, k: int) -> Tensor:
         """Mask for k latent queries over [prefix; k latents], causal among the latents:
-        (B|1, 1, k, P+k), True = attend. E.g. P = 2, k = 3, nothing padded::
+        (B, 1, k, P+k), True = attend. E.g. P = 2, k = 3, nothing padded::
 
             1 1 | 1 0 0
             1 1 | 1 1 0
             1 1 | 1 1 1
         """
-        dev, p = cache.bot.device, cache.kv[0][0].shape[2]
-        if cache.key_mask is None and (p, k, dev) in self._mask_cache:
-            return self._mask_cache[(p, k, dev)]
-        lat = torch.ones(k, k, dtype=torch.bool, device=dev).tril()
-        pre = (cache.key_mask if cache.key_mask is not None
-               else torch.ones(1, 1, 1, p, dtype=torch.bool, device=dev))
-        pre = pre.expand(-1, -1, k, -1)  # (B|1, 1, k, P)
-        mask = torch.cat([pre, lat.expand(pre.shape[0], 1, k, k)], dim=-1)
-        if cache.key_mask is None:
-            self._mask_cache[(p, k, dev)] = mask
-        return mask
+        lat = torch.ones(k, k, dtype=torch.bool, device=cache.bot.device).tril()
+        pre = cache.key_mask.expand(-1, -1, k, -1)  # (B, 1, k, P)
+        return torch.cat([pre, lat.expand(pre.shape[0], 1, k, k)], dim=-1)
 
     # -- decoders
 
@@ -326,9 +339,7 @@ class ReasoningModule(nn.Module):
         x, out = cache.bot, []  # x (B, 1, W)
         for k in range(self.cfg.num_latents):
             cos, sin = self.rope(p + k, 1)
-            mask = None
-            if cache.key_mask is not None:  # (B, 1, 1, P+k+1)
-                mask = F.pad(cache.key_mask, (0, k + 1), value=True)
+            mask = F.pad(cache.key_mask, (0, k + 1), value=True)  # (B, 1, 1, P+k+1)
             h = x
             for i, blk in enumerate(self.blocks):
                 h, kv[i] = blk(h, cos, sin, kv[i], mask)
@@ -341,7 +352,7 @@ class ReasoningModule(nn.Module):
         nr, kk = self.cfg.relay_depth, self.cfg.num_latents
         p = cache.kv[0][0].shape[2]
         cos, sin = self.rope(p, 1)
-        mask = None if cache.key_mask is None else F.pad(cache.key_mask, (0, 1), value=True)
+        mask = F.pad(cache.key_mask, (0, 1), value=True)  # (B, 1, 1, P+1)
         h = cache.bot  # (B, 1, W)
         for i in range(nr):
             h, _ = self.blocks[i](h, cos, sin, cache.kv[i], mask)
@@ -387,13 +398,36 @@ class ReasoningModule(nn.Module):
             return self.decode_serial(cache)
         raise ValueError(f"ReasoningModule.forward: mode={mode!r}; use 'staircase' or 'serial'")
 
-    def cot_loss(self, latents: Tensor, cot_ids: Tensor, cot_mask: Tensor) -> Tensor:
+    def cot_loss(self, latents: Tensor | None, cot_ids: Tensor, cot_mask: Tensor) -> Tensor:
         """Mean NLL of the CoT text cot_ids (B, Lc) (mask (B, Lc) bool) under the frozen decoder
-        reading latents (B, K, W) as a soft prefix; the last prefix slot predicts token 0."""
-        prefix = self.to_decoder(latents)  # (B, K, Dw)
+        reading latents (B, K, W) as a soft prefix; the last prefix slot predicts token 0.
+        latents None: a zero prefix, the decoder's prior alone (the baseline the latents must
+        beat)."""
+        if latents is None:
+            prefix = cot_ids.new_zeros(cot_ids.shape[0], self.cfg.num_latents,
+                                       self.to_decoder.out_features, dtype=torch.float32)
+        else:
+            prefix = self.to_decoder(latents)  # (B, K, Dw)
         kk = prefix.shape[1]
         logits = self.decoder(cot_ids, cot_mask, prefix)  # (B, K+Lc, V)
         return _lm_nll(logits[:, kk - 1:-1], cot_ids, cot_mask.bool())
+
+
+    @torch.no_grad()
+    def decode_text(self, latents: Tensor, max_new: int, eos_id: int | None = None) -> Tensor:
+        """Greedy text ids (B, max_new) the frozen decoder reads from latents (B, K, W); the
+        first id is the `<bos>` the last prefix slot predicts."""
+        return self.decoder.generate(self.to_decoder(latents), max_new, eos_id)
+
+
+def cot_token_accuracy(generated: Tensor, cot_ids: Tensor, cot_mask: Tensor) -> tuple[int, int]:
+    """(correct, total) tokens of greedy `generated` (B, >= Lc) against the reference CoT ids
+    (B, Lc) position by position, over the reference's real tokens after `<bos>`."""
+    n = min(generated.shape[1], cot_ids.shape[1])
+    m = cot_mask[:, 1:n].bool()
+    ok = (generated[:, 1:n] == cot_ids[:, 1:n]) & m
+    total = int(cot_mask[:, 1:].sum())
+    return int(ok.sum()), total
 
 
 def staircase_distill_loss(student_latents: Tensor, teacher_latents: Tensor) -> Tensor:
@@ -406,4 +440,4 @@ def staircase_distill_loss(student_latents: Tensor, teacher_latents: Tensor) -> 
 
 
 __all__ = ["PrefixCache", "ReasoningConfig", "ReasoningModule", "TextDecoder",
-           "pretrain_text_decoder", "staircase_distill_loss"]
+           "cot_token_accuracy", "pretrain_text_decoder", "staircase_distill_loss"]

@@ -52,11 +52,14 @@ class CrossViewBranch(nn.Module):
         self.gate = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: Float[Tensor, "B V T N D"], bias: Tensor | None) -> Tensor:
+        """bias: additive (B, V*N, V*N) for all frames or (B, T, V*N, V*N) per frame."""
         B, V, T, N, D = x.shape
         y = x.permute(0, 2, 1, 3, 4).reshape(B * T, V * N, D)  # (B*T, V*N, D) one frame
         slots = torch.arange(V, device=x.device).repeat_interleave(N)  # (V*N,) camera slot
-        if bias is not None:
+        if bias is not None and bias.dim() == 3:  # one mask for every frame
             bias = bias.repeat_interleave(T, 0)[:, None]  # (B*T, 1, V*N, V*N)
+        elif bias is not None:  # (B, T, V*N, V*N): a mask per frame (moving cameras)
+            bias = bias.reshape(B * T, 1, V * N, V * N)
         y = self.attn(self.norm(y), bias, rope=lambda q: self.rope(q, slots))  # (B*T, V*N, D)
         y = y.reshape(B, T, V, N, D).permute(0, 2, 1, 3, 4)  # (B, V, T, N, D)
         return self.gate * y  # (B, V, T, N, D), zero at init
@@ -133,7 +136,7 @@ class VideoStream(nn.Module):
         ctx: Float[Tensor, "B Lc D"],
         ctx_mask: Bool[Tensor, "B Lc"],
         mode_id: Int[Tensor, " B"],
-        bias: Float[Tensor, "B VN VN"] | None = None,
+        bias: Tensor | None = None,  # (B, VN, VN) or (B, T, VN, VN) additive
         tube: Bool[Tensor, "B V T h w"] | None = None,
         cross_view: bool = True,
     ) -> tuple[Float[Tensor, "B V F C H W"], VideoFeatures]:

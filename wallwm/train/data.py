@@ -166,7 +166,8 @@ class EventDataset(Dataset):
 
         obs (V, 3, H, W) float [-1, 1]; future (V, F, 3, H, W); text str; cot str | None;
         event_type int; state (S,); actions (La, A); action_mask (La,) bool; event_end (La,);
-        intrinsics (V, 3, 3); extrinsics (V, 4, 4); calibrated (V,) bool; abs_time float;
+        intrinsics (V, 3, 3); extrinsics (V, T, 4, 4) per frame (observation, then each
+        future frame); calibrated (V,) bool; abs_time float;
         mode str; event_id str; caption_kept bool
     """
 
@@ -297,14 +298,16 @@ class EventDataset(Dataset):
             out.append(_to_model_image(img, self.cfg.image_size))
         return torch.stack(out)
 
-    def cameras(self, dataset: str, episode: int, frame: int) -> tuple[Tensor, Tensor, Tensor]:
-        """intrinsics (V, 3, 3) in model pixels, extrinsics (V, 4, 4) camera-to-world at
-        `frame`, calibrated (V,); uncalibrated cameras get identities."""
-        S = self.cfg.image_size
+    def cameras(self, dataset: str, episode: int, frames: Sequence[int]
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """intrinsics (V, 3, 3) in model pixels, extrinsics (V, T, 4, 4) camera-to-world at
+        each of `frames` (a moving camera's own pose per frame, a fixed one repeated),
+        calibrated (V,); uncalibrated cameras get identities."""
+        S, T = self.cfg.image_size, len(frames)
         arrays = self.lowdim(dataset, episode)
         ks, es, cal = [], [], []
         for cam in self.views(dataset):
-            k, e = np.eye(3), np.eye(4)
+            k, e = np.eye(3), np.tile(np.eye(4), (T, 1, 1))
             ok = cam.intrinsics is not None
             if ok:
                 k = _scale_intrinsics(np.asarray(cam.intrinsics, np.float64), cam.width,
@@ -313,14 +316,15 @@ class EventDataset(Dataset):
                 feat = arrays.get(EXTRINSICS_PREFIX + cam.name)
                 ok = ok and feat is not None
                 if feat is not None:
-                    e = np.asarray(feat[frame], np.float64).reshape(4, 4)
+                    e = np.stack([np.asarray(feat[f], np.float64).reshape(4, 4)
+                                  for f in frames])
             elif cam.extrinsics is not None:
-                e = np.asarray(cam.extrinsics, np.float64)
+                e = np.tile(np.asarray(cam.extrinsics, np.float64), (T, 1, 1))
             else:
                 ok = False
             ok = ok and bool(np.isfinite(k).all() and np.isfinite(e).all())
             if not ok:
-                k, e = np.eye(3), np.eye(4)
+                k, e = np.eye(3), np.tile(np.eye(4), (T, 1, 1))
             ks.append(k)
             es.append(e)
             cal.append(ok)
@@ -362,7 +366,7 @@ class EventDataset(Dataset):
         end = torch.zeros(La)
         if La == L_ev:  # a truncated event does not end inside its window
             end[-1] = 1.0
-        k, e, cal = self.cameras(r.dataset, r.episode, r.start)
+        k, e, cal = self.cameras(r.dataset, r.episode, [r.start, r.end - 1])
         return dict(
             obs=f[:, 0], future=f[:, 1:2], text=r.caption if keep else "", cot=None,
             # caption-free means vision-only: the event type would leak what the caption said
@@ -383,16 +387,23 @@ class EventDataset(Dataset):
         actions[:n] = acts
         mask = torch.zeros(H, dtype=torch.bool)
         mask[:n] = has
-        cover = sorted((a for a in self.anns.get((r.dataset, r.episode), [])
-                        if a.level in ("subtask", "action") and a.start < t + H and a.end > t),
-                       key=lambda a: (a.start, _LEVEL_ORDER[a.level]))
-        k, e, cal = self.cameras(r.dataset, r.episode, t)
+        k, e, cal = self.cameras(r.dataset, r.episode, [t, *fut])
         return dict(
-            obs=f[:, 0], future=f[:, 1:], text=r.task, cot=SEP.join(a.caption for a in cover),
+            obs=f[:, 0], future=f[:, 1:], text=r.task,
+            cot=cot_text(self.anns.get((r.dataset, r.episode), []), t, H),
             event_type=-1, state=state, actions=actions, action_mask=mask,
             event_end=torch.zeros(H), intrinsics=k, extrinsics=e, calibrated=cal,
             abs_time=t / r.fps, mode="unified", event_id=f"{r.dataset}/{r.episode}@{t}",
             caption_kept=True)
+
+
+def cot_text(anns: Sequence[Ann], t: int, horizon: int) -> str:
+    """The chain-of-thought text of the chunk [t, t + horizon): the captions of the subtask and
+    action rows that overlap it, in time order (a subtask before its actions), `<sep>`-joined."""
+    cover = sorted((a for a in anns
+                    if a.level in ("subtask", "action") and a.start < t + horizon and a.end > t),
+                   key=lambda a: (a.start, _LEVEL_ORDER[a.level]))
+    return SEP.join(a.caption for a in cover)
 
 
 def _to_model_image(img: np.ndarray, size: int) -> Tensor:
@@ -599,5 +610,47 @@ class WallWMDataModule(L.LightningDataModule):
                           num_workers=self.num_workers)
 
 
-__all__ = ["EpochClusterSampler", "EventCollator", "EventDataset", "WallWMDataModule",
-           "collate_events", "resolve_splits"]
+class MixedDataModule(L.LightningDataModule):
+    """Both modes on one set of weights: every train step yields {"event": batch, "unified":
+    batch} (Lightning's `CombinedLoader`, the shorter loader cycling), validation runs both
+    val loaders (dataloader 0 event, 1 unified)."""
+
+    def __init__(self, build_dir: Path | str, params: Any, tiers: Sequence[str] | None = None,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        self.parts = {m: WallWMDataModule(build_dir, params, mode=m, tiers=tiers,
+                                          num_workers=num_workers)
+                      for m in ("event", "unified")}
+        self.build_dir, self.params = Path(build_dir), params
+
+    def _share_trainer(self) -> None:
+        for part in self.parts.values():
+            part.trainer = getattr(self, "trainer", None)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._share_trainer()
+        for part in self.parts.values():
+            part.setup(stage)
+
+    def train_dataloader(self) -> Any:
+        from lightning.pytorch.utilities import CombinedLoader
+
+        self._share_trainer()
+        return CombinedLoader({m: p.train_dataloader() for m, p in self.parts.items()},
+                              mode="max_size_cycle")
+
+    def val_dataloader(self) -> list[DataLoader]:
+        self._share_trainer()
+        return [self.parts["event"].val_dataloader(), self.parts["unified"].val_dataloader()]
+
+
+def data_module(build_dir: Path | str, params: Any, mode: str,
+                tiers: Sequence[str] | None = None) -> L.LightningDataModule:
+    """The data module of a stage's mode ("event", "unified" or "mixed")."""
+    if mode == "mixed":
+        return MixedDataModule(build_dir, params, tiers=tiers)
+    return WallWMDataModule(build_dir, params, mode=mode, tiers=tiers)
+
+
+__all__ = ["EpochClusterSampler", "EventCollator", "EventDataset", "MixedDataModule",
+           "WallWMDataModule", "collate_events", "cot_text", "data_module", "resolve_splits"]

@@ -34,6 +34,10 @@ class StageResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+_STAGE_SEED = {"video": 0, "action": 1, "reasoning": 2, "staircase": 3, "next_chunk": 4,
+               "end_to_end": 5}
+
+
 def _accelerator(p: Params) -> str:
     if p.train.device == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
@@ -58,32 +62,45 @@ def run_stage(params: Params, stage_name: str, build_dir: Path, stage_dir: Path,
               callbacks: list | None = None, figures_dir: Path | None = None,
               **trainer_kw: Any) -> StageResult:
     """Train one stage; starts from `init_from` (the previous stage's best weights)."""
-    from wallwm.train.data import WallWMDataModule
+    from wallwm.train.data import data_module
+    from wallwm.train.decoder import pretrain_decoder
+    from wallwm.train.stats import train_split_stats
 
+    L.seed_everything(params.project.seed + _STAGE_SEED.get(stage_name, 0), workers=True,
+                      verbose=False)  # a stage is reproducible from (seed, stage)
     module = WallWMModule(params.model_dump(mode="json"), stage_name)
-    if init_from is not None:
-        state = torch.load(init_from, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)  # same architecture across stages: strict
-        module.apply_stage()
-    dm = WallWMDataModule(build_dir, params, mode=module.stage.mode,
-                          tiers=module.stage.tiers)
+    if init_from is not None:  # same architecture across stages: strict
+        module.load_model_weights(torch.load(init_from, map_location="cpu",
+                                             weights_only=False)["state_dict"])
+    dm = data_module(build_dir, params, module.stage.mode, tiers=module.stage.tiers)
     stage_dir.mkdir(parents=True, exist_ok=True)
     trainer, ckpt = make_trainer(params, stage_dir, module.stage.monitor, logger, callbacks,
                                  **trainer_kw)
     last = stage_dir / "last.ckpt"
     resuming = resume and last.exists()
     initial = None
-    if not resuming:
+    extra: dict[str, float] = {}
+    if not resuming:  # (a resumed stage restores statistics and decoder from its checkpoint)
+        cfg = module.model.cfg
+        stats = train_split_stats(build_dir, cfg.action_dim, cfg.state_dim)
+        module.model.norm.set_stats(stats["action_mean"], stats["action_std"],
+                                    stats["state_mean"], stats["state_std"])
+        if module.stage.needs_decoder and not bool(module.model.reasoning.decoder_trained):
+            t = params.train
+            extra = pretrain_decoder(module.model, build_dir, t.decoder_steps, t.decoder_lr,
+                                     t.decoder_batch_size, params.project.seed)
+            module.refresh_teacher()
         initial = _val(trainer.validate(module, datamodule=dm, verbose=False), module)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
     final = _val(trainer.validate(module, datamodule=dm, verbose=False), module)
     figs: list[Path] = []
     if figures_dir is not None and trainer.is_global_zero:
         figs = sample_figures(module, dm, figures_dir / stage_name)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     return StageResult(
         stage_name, initial, final, ckpt.best_model_path or None,
         str(last) if last.exists() else None, int(trainer.global_step), figs,
-        {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        {**metrics, **extra},
     )
 
 
@@ -93,24 +110,54 @@ def _val(results: list[dict], module: WallWMModule) -> float | None:
     return float(results[0].get(module.stage.monitor, float("nan")))
 
 
+def _head(batch: Any, k: int) -> Any:
+    return batch.replace(**{f: (getattr(batch, f)[:k] if isinstance(getattr(batch, f),
+                                                                    torch.Tensor) else
+                                getattr(batch, f))
+                            for f in batch.__dataclass_fields__})
+
+
 @torch.no_grad()
 def sample_figures(module: WallWMModule, dm: Any, out: Path, n: int = 3) -> list[Path]:
-    """Predicted vs true boundary frames and action trajectories on a validation batch."""
+    """What `predict` makes of a few validation samples (deployment condition): boundary
+    frames and action trajectories against the truth, and in unified mode the CoT latents
+    decoded to text beside the reference CoT (`cot_samples.md`)."""
+    from wallwm.data.tokenizer import EOS, decode_batch, load_tokenizer, special_id
+
     module.eval()
-    batch = next(iter(dm.val_dataloader())).to(module.device)
-    k = min(n, batch.batch_size)
-    small = batch.replace(**{f: (getattr(batch, f)[:k] if isinstance(getattr(batch, f),
-                                                                     torch.Tensor) else
-                                 getattr(batch, f))
-                             for f in batch.__dataclass_fields__})
-    g = torch.Generator().manual_seed(0)
-    pred = module.model.predict(small, mode=module.stage.mode, generator=g)
-    paths = []
-    if pred.get("frames") is not None and small.future is not None:
-        paths.append(boundary_frames_png(small.obs, small.future, pred["frames"],
-                                         out / "boundary_frames.png"))
-    if small.actions is not None and small.action_mask is not None:
-        La = min(small.actions.shape[1], pred["actions"].shape[1])
-        paths.append(action_trajectories_png(small.actions[:, :La], pred["actions"][:, :La],
-                                             small.action_mask[:, :La], out / "actions.png"))
+    loaders = dm.val_dataloader()
+    loaders = loaders if isinstance(loaders, list) else [loaders]
+    paths: list[Path] = []
+    for loader in loaders:
+        batch = next(iter(loader)).to(module.device)
+        small = _head(batch, min(n, batch.batch_size))
+        mode = small.mode
+        sub = out if len(loaders) == 1 else out / mode
+        pred = module.model.predict(small.replace(future=None), mode=mode,
+                                    generator=torch.Generator().manual_seed(0))
+        if pred.get("frames") is not None and small.future is not None:
+            paths.append(boundary_frames_png(small.obs, small.future, pred["frames"],
+                                             sub / "boundary_frames.png"))
+        if small.actions is not None and small.action_mask is not None:
+            La = min(small.actions.shape[1], pred["actions"].shape[1])
+            paths.append(action_trajectories_png(small.actions[:, :La],
+                                                 pred["actions"][:, :La],
+                                                 small.action_mask[:, :La],
+                                                 sub / "actions.png"))
+        if mode == "unified" and small.cot_ids is not None and pred["cot_latents"] is not None \
+                and bool(module.model.reasoning.decoder_trained):
+            tok = load_tokenizer(Path(dm.build_dir) / "tokenizer.json")
+            eos = special_id(tok, EOS)
+            gen = module.model.reasoning.decode_text(pred["cot_latents"],
+                                                     module.model.cfg.max_text_len, eos)
+            said = decode_batch(tok, gen.cpu().numpy())
+            ref = decode_batch(tok, small.cot_ids.cpu().numpy(), small.cot_mask.cpu().numpy())
+            inst = decode_batch(tok, small.text_ids.cpu().numpy(),
+                                small.text_mask.cpu().numpy())
+            lines = ["| instruction | reference CoT | decoded CoT latents |", "|---|---|---|"]
+            lines += [f"| {i} | {r} | {d} |" for i, r, d in zip(inst, ref, said, strict=True)]
+            f = sub / "cot_samples.md"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text("\n".join(lines) + "\n")
+            paths.append(f)
     return paths

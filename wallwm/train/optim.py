@@ -206,7 +206,9 @@ def make_optimizer(model: nn.Module, train: Any, params: Iterable[Tensor] | None
     `train.lr`; AdamW: the rest at `train.adamw_lr`); `optimizer: adamw` -> `torch.optim.AdamW` on
     everything at `train.adamw_lr` (the baseline). `params` restricts to a trainable subset (a
     curriculum stage). The scheduler is warm-up + cosine to 10 % on every group. `kw` goes to
-    `MuonAdamW` (e.g. `distributed`, `momentum`)."""
+    `MuonAdamW` (e.g. `distributed`, `momentum`); `train.muon_adjust_lr` picks Muon's lr
+    scaling (`torch.optim.Muon`'s adjust_lr_fn: None/"original", or "match_rms_adamw", which
+    scales the update to AdamW's RMS so one lr serves both)."""
     from wallwm.model.wallwm import param_groups_for_muon
 
     muon, adamw = param_groups_for_muon(model)
@@ -217,6 +219,7 @@ def make_optimizer(model: nn.Module, train: Any, params: Iterable[Tensor] | None
     wd = float(train.weight_decay)
     opt: Optimizer
     if train.optimizer == "muon":
+        kw.setdefault("adjust_lr_fn", getattr(train, "muon_adjust_lr", None))
         opt = MuonAdamW(muon, _decay_split(adamw, wd, "adamw"), lr=float(train.lr),
                         adamw_lr=float(train.adamw_lr), weight_decay=wd, **kw)
     elif train.optimizer == "adamw":

@@ -5,11 +5,13 @@
 | `video` | text encoder + video tower | action, reasoning | event | video | all |
 | `action` | action tower (+ coupling) | video side, reasoning | event | action, event end | robot |
 | `reasoning` | VLM branch (text decoder pretrained first, then frozen) | video, action | unified | CoT | robot |
-| `staircase` | VLM branch: Staircase student matches serial teacher | all else | unified | distill | robot |
+| `staircase` | VLM branch: Staircase student matches a frozen serial teacher, CoT-anchored | all else | unified | distill + CoT | robot |
 | `next_chunk` | action tower on fixed chunks conditioned on CoT latents | video, reasoning | unified | action | robot |
-| `end_to_end` | everything but the frozen decoder | - | event | all | robot |
+| `end_to_end` | everything but the frozen decoder | - | mixed: an event and a unified batch every step | all | robot |
 
-Each stage starts from the previous stage's weights; `train.stages` lists which run.
+Each stage starts from the previous stage's weights; `train.stages` lists which run. A stage
+with a CoT loss first pretrains the frozen text decoder on the build's text if it is not yet
+(`wallwm/train/decoder.py`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ ALL_TIERS = ("t0_web", "t1_human", *ROBOT_TIERS)
 class Stage:
     name: str
     trains: tuple[str, ...]  # parameter sets: video | action | reasoning
-    mode: str  # event | unified
+    mode: str  # event | unified | mixed (both, one batch of each per step)
     loss: LossWeights
     tiers: tuple[str, ...]
     monitor: str  # the validation loss that says whether the stage learned
     distill: bool = False
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return ("event", "unified") if self.mode == "mixed" else (self.mode,)
+
+    @property
+    def needs_decoder(self) -> bool:
+        return self.loss.cot > 0 or self.distill
 
 
 def stage(name: str, w: LossWeights) -> Stage:
@@ -45,12 +55,13 @@ def stage(name: str, w: LossWeights) -> Stage:
         "reasoning": Stage("reasoning", ("reasoning",), "unified",
                            LossWeights(**{**zero.__dict__, "cot": max(w.cot, 1e-3)}),
                            ROBOT_TIERS, "val/cot"),
-        "staircase": Stage("staircase", ("reasoning",), "unified", zero, ROBOT_TIERS,
+        "staircase": Stage("staircase", ("reasoning",), "unified",
+                           LossWeights(**{**zero.__dict__, "cot": max(w.cot, 1e-3)}), ROBOT_TIERS,
                            "val/distill", distill=True),
         "next_chunk": Stage("next_chunk", ("action",), "unified",
                             LossWeights(**{**zero.__dict__, "action": w.action}), ROBOT_TIERS,
                             "val/action_fm"),
-        "end_to_end": Stage("end_to_end", ("video", "action", "reasoning"), "event", w,
+        "end_to_end": Stage("end_to_end", ("video", "action", "reasoning"), "mixed", w,
                             ROBOT_TIERS, "val/loss"),
     }
     if name not in table:

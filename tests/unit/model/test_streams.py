@@ -21,8 +21,11 @@ def small(**kw) -> WallWMConfig:
 
 def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give the zero-initialized parameters (adaLN, gates, heads) values, so every path
-    carries signal (at init the adaLN-zero gates would make the tests vacuous)."""
+    carries signal (at init the adaLN-zero gates would make the tests vacuous). Synthetic
+    batches are in model units already: identity normalization statistics."""
     g = torch.Generator().manual_seed(seed)
+    if hasattr(model, "norm"):
+        model.norm.set_identity()
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad and bool((p == 0).all()):
@@ -98,7 +101,7 @@ def test_cross_view_branch_starts_as_identity():
     ctx, cm = m.text(b.text_ids, b.text_mask, b.event_type)
     t = torch.full((2,), 0.5)
     mid = torch.zeros(2, dtype=torch.long)
-    bias = m._cross_view_bias(b, training=True)
+    bias = m.cross_view_bias(b, True, 2)
     assert bias is not None and bool(torch.isinf(bias).any())  # the frustum mask bites
     multi, _ = m.video(b.obs, b.future, t, ctx, cm, mid, bias, cross_view=True)
     single, _ = m.video(b.obs, b.future, t, ctx, cm, mid, None, cross_view=False)
@@ -129,7 +132,7 @@ def test_single_view_pretrained_tower_loads_unchanged(tmp_path):
     want, _ = pre.video(b.obs, b.future, args[0], ctx, cm, args[1], None, cross_view=False)
     ctx2, cm2 = m.text(b.text_ids, b.text_mask, b.event_type)
     got, _ = m.video(b.obs, b.future, args[0], ctx2, cm2, args[1],
-                     m._cross_view_bias(b, True), cross_view=True)
+                     m.cross_view_bias(b, True, 2), cross_view=True)
     assert torch.equal(got, want)
 
 

@@ -34,11 +34,8 @@ SETS = ["train.batch_size=4", "train.val_every=3"]
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory) -> Path:
-    from tests.unit.build.test_bad_inputs import _build
-
-    _, res = _build("sim:episodes=4", tmp_path_factory.mktemp("train_data") / "b")
-    return Path(res.path)
+def build(sim_build4) -> Path:
+    return sim_build4
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +117,15 @@ def test_event_items_follow_the_annotations(build, cfg, params):
         want_f = torch.from_numpy(want_f).permute(0, 3, 1, 2).float() / 127.5 - 1
         torch.testing.assert_close(it["obs"][0], want_f[0])
         torch.testing.assert_close(it["future"][0, 0], want_f[1])
-        moving = np.stack(t["observation.extrinsics.gripperPOV"])[r.start].reshape(4, 4)
-        np.testing.assert_allclose(it["extrinsics"][1].numpy(), moving, rtol=1e-6)
+        # the moving wrist camera: its own pose at the observation and at the boundary frame
+        poses = np.stack(t["observation.extrinsics.gripperPOV"])
+        assert it["extrinsics"].shape == (2, 2, 4, 4)
+        np.testing.assert_allclose(it["extrinsics"][1, 0].numpy(),
+                                   poses[r.start].reshape(4, 4), rtol=1e-6)
+        np.testing.assert_allclose(it["extrinsics"][1, 1].numpy(),
+                                   poses[r.end - 1].reshape(4, 4), rtol=1e-6)
+        assert not np.allclose(poses[r.start], poses[r.end - 1])  # it did move
+        torch.testing.assert_close(it["extrinsics"][0, 0], it["extrinsics"][0, 1])  # fixed
 
 
 def test_unified_chunks_pad_at_the_episode_end_and_carry_cot(build, cfg, params):
@@ -213,9 +217,9 @@ def test_views_error_names_the_dataset_and_uncalibrated_cameras(build, params):
     r = ds.refs[0]
     specs = ds.views(r.dataset)
     ds._views[r.dataset] = [CameraSpec(specs[0].key, 64, 64), specs[1]]
-    k, e, cal = ds.cameras(r.dataset, r.episode, r.start)
+    k, e, cal = ds.cameras(r.dataset, r.episode, [r.start])
     assert cal.tolist() == [False, True]
-    assert torch.equal(k[0], torch.eye(3)) and torch.equal(e[0], torch.eye(4))
+    assert torch.equal(k[0], torch.eye(3)) and torch.equal(e[0, 0], torch.eye(4))
 
 
 def test_lightning_sets_the_sampler_epoch(build, params):

@@ -5,7 +5,18 @@ this package runs the same serially in a test and on a Ray cluster from `flows/b
 """
 
 from wallwm.data.build.assemble import BuildResult, assemble
+from wallwm.data.build.failed import BuildFailedError, failed_dir, keep_failed
 from wallwm.data.build.plan import BuildPlan, make_plan
 from wallwm.data.build.units import UnitResult, load_unit
 
-__all__ = ["BuildPlan", "BuildResult", "UnitResult", "assemble", "load_unit", "make_plan"]
+__all__ = [
+    "BuildFailedError",
+    "BuildPlan",
+    "BuildResult",
+    "UnitResult",
+    "assemble",
+    "failed_dir",
+    "keep_failed",
+    "load_unit",
+    "make_plan",
+]

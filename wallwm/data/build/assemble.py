@@ -5,6 +5,8 @@ Layout of a build::
 
     <build>/manifest.json            inputs, code, params hash, counts, validation, sha256 of files
     <build>/quarantine.jsonl         one line per rejected episode: check, rule, column, value
+                                     (a build where every episode fails raises BuildFailedError
+                                     after writing this and a manifest marked failed)
     <build>/episodes.parquet         every accepted episode: key, tier, dataset, index, split, ...
     <build>/splits.json              train / val episode keys (by episode, never by frame)
     <build>/<tier>/<dataset>/        a LeRobot v3.0 dataset
@@ -31,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from wallwm.data.build.enrich import EventCollector, enrich
+from wallwm.data.build.failed import BuildFailedError, reasons, write_failed_records
 from wallwm.data.build.plan import BuildPlan, data_params_hash
 from wallwm.data.build.units import UnitResult
 from wallwm.data.lerobot import LeRobotWriter, features_from_episode
@@ -75,9 +78,10 @@ class _Assembler:
         }
 
     def reject(self, res: UnitResult, failure: dict[str, Any]) -> None:
+        ident = {**res.identity, **{k: res.row[k] for k in ("source_id", "tier") if k in res.row}}
         self.quarantine.append({
             "episode_key": res.key, "source": res.spec, "unit_id": res.unit_id,
-            "source_id": res.row.get("source_id", ""), "tier": res.row.get("tier", ""),
+            "source_id": ident.get("source_id", ""), "tier": ident.get("tier", ""),
             **failure,
         })
 
@@ -95,9 +99,9 @@ class _Assembler:
                 for f in failed[res.key][:1]:
                     self.reject(res, {"check": "validation", **f})
                 continue
-            sid, sha = res.row["source_id"], res.row["content_sha256"]
+            sid, sha = res.row["identity"], res.row["content_sha256"]
             if sid in self.seen_ids or sha in self.seen_content:
-                col = "source_id" if sid in self.seen_ids else "content_sha256"
+                col = "identity" if sid in self.seen_ids else "content_sha256"
                 self.reject(res, {"check": "validation", "rule": f"episodes.unique:{col}",
                                   "expectation": "expect_column_values_to_be_unique",
                                   "column": col, "value": res.row[col],
@@ -117,7 +121,7 @@ class _Assembler:
             if w is None:
                 fps = round(ep.fps)
                 feats = features_from_episode(ep, fps, self.plan.params)
-                robot = str(ep.extra.get("robot_type", ep.source))
+                robot = ep.robot_type or str(ep.extra.get("robot_type", ep.source))
                 w = LeRobotWriter.create(root, fps, feats, robot_type=robot, params=self.plan.params)
                 self.writers[(ep.tier, dataset)] = w
             elif abs(w.info["fps"] - ep.fps) > 1e-6:
@@ -130,7 +134,7 @@ class _Assembler:
                               "value": type(e).__name__, "message": str(e)})
             return
         self.events.add(f"{ep.tier}/{dataset}", index, ep, res.events, res.event_report)
-        self.seen_ids.add(res.row["source_id"])
+        self.seen_ids.add(res.row["identity"])
         self.seen_content.add(res.row["content_sha256"])
         self.accepted.append({
             "episode_key": res.key, "tier": ep.tier, "dataset": f"{ep.tier}/{dataset}",
@@ -173,9 +177,14 @@ def assemble(
     for w in a.writers.values():
         w.finalize()
     if not a.accepted:
-        reasons = Counter(q.get("rule") or q["check"] for q in a.quarantine).most_common(3)
-        raise RuntimeError(f"no episode passed validation ({len(a.quarantine)} quarantined; "
-                           f"most common: {reasons}); see the quarantine records")
+        message = (f"build {plan.build_id}: no episode passed validation "
+                   f"({len(a.quarantine)} quarantined; most common: "
+                   f"{reasons(a.quarantine).most_common(3)})")
+        manifest = write_failed_records(staging, {
+            **plan.describe(), "params_hash": data_params_hash(plan.params),
+            "params": plan.params.model_dump(mode="json")}, a.quarantine, a.summaries, message)
+        raise BuildFailedError(message, build_id=plan.build_id, records=staging,
+                               manifest=manifest)
     episodes = pd.DataFrame(a.accepted)
     episodes.to_parquet(staging / "episodes.parquet", index=False)
     splits = {s: episodes.loc[episodes.split == s, "episode_key"].tolist() for s in ("train", "val")}
@@ -209,7 +218,7 @@ def _manifest(plan: BuildPlan, root: Path, episodes: pd.DataFrame, quarantine: l
         "counts": {
             "episodes": len(episodes), "frames": int(episodes.length.sum()),
             "per_tier": dict(per_tier), "quarantined": len(quarantine),
-            "quarantined_by_check": dict(Counter(q.get("rule") or q["check"] for q in quarantine)),
+            "quarantined_by_check": dict(reasons(quarantine)),
             "splits": episodes.split.value_counts().to_dict(),
         },
         "validation": {

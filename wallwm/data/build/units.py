@@ -31,6 +31,7 @@ class UnitResult:
     events: list[Event] = field(default_factory=list)  # annotation, every level
     event_report: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    identity: dict[str, str] = field(default_factory=dict)  # source_id, tier (before loading)
 
 
 _SOURCES: dict[tuple[str, str], Any] = {}  # per worker process: reuse source objects
@@ -50,9 +51,10 @@ def load_unit(args: tuple[str, str, str, str]) -> UnitResult:
                 spec, DataParams.model_validate_json(params_json)
             )
         params = DataParams.model_validate_json(params_json)
+        res.identity = src.unit_identity(unit_id)
         ep = src.load(unit_id)
         ep, res.events, res.event_report = annotate_episode(ep, params)
-        res.row, res.frames = probe(ep, key)
+        res.row, res.frames = probe(ep, key, source=spec)
         res.episode = ep
     except SourceError as e:
         res.failure = {

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from wallwm.config.schema import DataParams
 from wallwm.data.episode import IMAGE_PREFIX, Episode
+from wallwm.data.lerobot.schema import check_names
 from wallwm.data.lerobot.video import video_info
 
 CODEBASE_VERSION = "v3.0"
@@ -77,7 +78,8 @@ def arrow_type(key: str, ft: dict[str, Any]) -> pa.DataType:
 
 
 def features_from_episode(ep: Episode, fps: int, params: DataParams) -> dict[str, dict[str, Any]]:
-    """LeRobot ``features`` for an episode: its per-frame arrays, its cameras, the defaults."""
+    """LeRobot ``features`` for an episode: its per-frame arrays (dtype as they are, names as
+    the source declared them), its cameras, the defaults."""
     feats: dict[str, dict[str, Any]] = {}
     for key, arr in ep.features.items():
         a = np.asarray(arr)
@@ -90,8 +92,9 @@ def features_from_episode(ep: Episode, fps: int, params: DataParams) -> dict[str
                 f"episode {ep.source_id}: feature {key!r} has shape {a.shape}; "
                 "expected (T,) or (T, D)"
             )
-        ft = {"dtype": str(a.dtype), "shape": shape, "names": None}
+        ft = {"dtype": str(a.dtype), "shape": shape, "names": ep.feature_names.get(key)}
         arrow_type(key, ft)
+        check_names(key, ft, f"episode {ep.source_id}")
         feats[key] = ft
     for key in ep.videos:
         if not key.startswith(IMAGE_PREFIX):

@@ -29,6 +29,7 @@ from wallwm.data.lerobot.info import (
     video_keys,
 )
 from wallwm.data.lerobot.legacy import LegacyLayout, read_jsonl
+from wallwm.data.lerobot.schema import MetadataError, check_columns
 from wallwm.data.lerobot.video import DEFAULT_TOLERANCE_S, decode_at, iter_frames
 
 
@@ -47,7 +48,14 @@ def read_tasks_parquet(path: Path) -> list[str]:
 
 
 class V3Layout:
-    """Where v3.0 keeps an episode: a row range of a shared data file, a video segment."""
+    """Where v3.0 keeps an episode: a row range of a shared data file, a video segment.
+
+    Sparse metadata is legal: a third-party exporter may leave out the per-camera
+    ``from_timestamp`` / ``to_timestamp`` columns. Episodes share a video file back to back in
+    episode order (how LeRobot writes them), so a missing segment is derived from the lengths
+    of the episodes before it in the same file and the fps; what cannot be derived (the file an
+    episode's video is in) is a :class:`MetadataError` naming the metadata file and column.
+    """
 
     def __init__(self, root: Path, info: dict[str, Any]):
         self.root, self.info = root, info
@@ -55,11 +63,14 @@ class V3Layout:
         if not self.files:
             raise FileNotFoundError(f"{root / EPISODES_PATH}: no episode metadata files")
         cols = [c for c in pq.read_schema(self.files[0]).names if not c.startswith("stats/")]
-        self.episodes = (
-            pd.concat([pq.read_table(f, columns=cols).to_pandas() for f in self.files])
-            .sort_values("episode_index")
-            .reset_index(drop=True)
-        )
+        parts, self.meta_file = [], {}
+        for f in self.files:  # a later file may lack optional columns of the first one
+            have = set(pq.read_schema(f).names)
+            part = pq.read_table(f, columns=[c for c in cols if c in have])
+            parts.append(part.to_pandas())
+            self.meta_file.update({int(i): f for i in part.column("episode_index").to_pylist()})
+        self.episodes = pd.concat(parts).sort_values("episode_index").reset_index(drop=True)
+        self._derived: dict[str, dict[int, tuple[float, float, float]]] = {}
 
     def tasks(self) -> list[str]:
         return read_tasks_parquet(self.root / TASKS_PATH)
@@ -75,14 +86,58 @@ class V3Layout:
             chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
         )
 
+    def _located(self, key: str, row: dict[str, Any]) -> tuple[int, int]:
+        i = int(row["episode_index"])
+        for col in (f"videos/{key}/chunk_index", f"videos/{key}/file_index"):
+            if _absent(row.get(col)):
+                meta = self.meta_file.get(i, self.root / EPISODES_PATH)
+                raise MetadataError(
+                    f"{meta}: column {col!r} is {'absent' if col not in row else 'null'} for "
+                    f"episode {i}, so the video of camera {key!r} cannot be located (which "
+                    f"file of videos/{key}/ holds it); add the column (LeRobot writes "
+                    f"videos/<camera>/chunk_index, file_index, from_timestamp, to_timestamp)",
+                    path=meta, column=col)
+        return int(row[f"videos/{key}/chunk_index"]), int(row[f"videos/{key}/file_index"])
+
+    def segment_derived(self, key: str, row: dict[str, Any]) -> bool:
+        """True when meta/episodes does not give this episode's segment of camera ``key``."""
+        return any(_absent(row.get(f"videos/{key}/{x}_timestamp")) for x in ("from", "to"))
+
+    def derived_segments(self, key: str) -> dict[int, tuple[float, float, float]]:
+        """episode -> (from, to, end of its file's last episode), from lengths and fps: the
+        episodes of one file back to back in episode order."""
+        if key not in self._derived:
+            fps = float(self.info["fps"])
+            offsets: dict[tuple[int, int], float] = {}
+            seg: dict[int, tuple[float, float]] = {}
+            where: dict[int, tuple[int, int]] = {}
+            for row in self.episodes.to_dict("records"):
+                i, f = int(row["episode_index"]), self._located(key, row)
+                start = offsets.get(f, 0.0)
+                offsets[f] = start + int(row["length"]) / fps
+                seg[i], where[i] = (start, offsets[f]), f
+            self._derived[key] = {i: (a, b, offsets[where[i]]) for i, (a, b) in seg.items()}
+        return self._derived[key]
+
     def video_segment(self, key: str, row: dict[str, Any]) -> tuple[Path, float, float]:
+        chunk, file = self._located(key, row)
         path = self.root / self.info["video_path"].format(
-            video_key=key,
-            chunk_index=int(row[f"videos/{key}/chunk_index"]),
-            file_index=int(row[f"videos/{key}/file_index"]),
+            video_key=key, chunk_index=chunk, file_index=file
         )
-        return path, float(row[f"videos/{key}/from_timestamp"]), float(
-            row[f"videos/{key}/to_timestamp"])
+        start, end = row.get(f"videos/{key}/from_timestamp"), row.get(f"videos/{key}/to_timestamp")
+        n = int(row["length"]) / float(self.info["fps"])
+        if _absent(start) and _absent(end):
+            start, end, _ = self.derived_segments(key)[int(row["episode_index"])]
+        elif _absent(end):
+            end = float(start) + n
+        elif _absent(start):
+            start = float(end) - n
+        return path, float(start), float(end)
+
+
+def _absent(v: Any) -> bool:
+    """A metadata value that is not there: a missing column or a null / NaN cell."""
+    return v is None or (np.isscalar(v) and bool(pd.isna(v)))
 
 
 def column_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
@@ -91,7 +146,10 @@ def column_to_numpy(col: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type):
         n = len(arr)
         flat = arr.flatten().to_numpy(zero_copy_only=False)
-        return flat.reshape(n, -1) if n else flat.reshape(0, 0)
+        if n:
+            return flat.reshape(n, -1)
+        width = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else 0
+        return flat.reshape(0, width)
     return arr.to_numpy(zero_copy_only=False)
 
 
@@ -176,6 +234,21 @@ class LeRobotReader:
         """(mp4 path, from_timestamp, to_timestamp) of episode i's frames for camera ``key``."""
         return self._layout.video_segment(key, self._row(i))
 
+    def derived_file_end(self, key: str, i: int) -> float | None:
+        """When meta/episodes leaves out episode i's segment of camera ``key`` (so it was derived
+        from the lengths): where the episodes of its video file end, by the same derivation, to
+        be compared with the file's real duration. None when the segment was given."""
+        lay = self._layout
+        if not isinstance(lay, V3Layout) or not lay.segment_derived(key, self._row(i)):
+            return None
+        return lay.derived_segments(key)[int(i)][2]
+
+    def meta_path(self, i: int) -> Path:
+        """The metadata file that describes episode i."""
+        if isinstance(self._layout, V3Layout):
+            return self._layout.meta_file.get(int(i), self.root / EPISODES_PATH)
+        return self.root / "meta" / "episodes.jsonl"
+
     def read_rows(self, i: int, columns: list[str] | None = None) -> pa.Table:
         path = self.data_path(i)
         if not path.exists():
@@ -218,8 +291,9 @@ class LeRobotReader:
                 f"{self.data_path(i)}: episode {i} has {t.num_rows} rows; meta says length "
                 f"{row['length']}"
             )
-        feats = {k: column_to_numpy(t.column(k)) for k in data_keys(self.features)
-                 if k in t.column_names}
+        declared = data_keys(self.features)
+        check_columns(self.data_path(i), self.features, declared, t, self.root / INFO_PATH)
+        feats = {k: column_to_numpy(t.column(k)) for k in declared}
         for k in t.column_names:  # columns present in the file but not declared
             if k not in feats and k not in DEFAULT_FEATURES:
                 feats[k] = column_to_numpy(t.column(k))
@@ -256,6 +330,9 @@ class LeRobotReader:
             cameras=self.cameras(),
             ground_truth=[Event(**e) for e in ex.get("ground_truth", [])],
             extra=extra,
+            robot_type=self.info.get("robot_type"),
+            feature_names={k: self.features[k]["names"] for k in declared
+                           if self.features[k].get("names") is not None},
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -130,6 +131,23 @@ def append_video(previous: Path | None, episode: Path, out_path: Path, offset_s:
                     packet.dts += shift
                     packet.stream = ostream
                     out.mux(packet)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a container says about its first video stream (no decoding)."""
+
+    frames: int  # 0 when the container does not record it
+    fps: float  # average frame rate; 0.0 when unknown
+    duration: float  # seconds; 0.0 when unknown
+
+
+def stream_info(path: Path) -> StreamInfo:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        rate = s.average_rate or s.guessed_rate
+        duration = float(s.duration * s.time_base) if s.duration else float(c.duration or 0) / 1e6
+        return StreamInfo(int(s.frames), float(rate) if rate else 0.0, duration)
 
 
 def probe(path: Path) -> tuple[int, int, float]:

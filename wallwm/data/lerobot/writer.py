@@ -195,13 +195,26 @@ class LeRobotWriter:
             raise ValueError(
                 f"{where}: features {sorted(have)} differ from the dataset's {sorted(want)}"
             )
-        for k in want:
+        for k in sorted(want):
             a = np.asarray(ep.features[k])
             ft = self.features[k]
             shape = [1] if a.ndim == 1 or a.shape[1:] == (1,) else list(a.shape[1:])
             if len(a) != ep.length or shape != list(ft["shape"]):
                 raise ValueError(
                     f"{where}: feature {k!r} shape {a.shape}; expected ({ep.length}, {ft['shape']})"
+                )
+            if a.dtype != np.dtype(ft["dtype"]):  # never cast: int64 <- float32 truncates
+                raise ValueError(
+                    f"{where}: feature {k!r} has dtype {a.dtype} but the dataset's is "
+                    f"{ft['dtype']} (set by its first episode); writing it would cast and "
+                    "lose values: give episodes of another dtype their own dataset, or convert "
+                    "them losslessly at the source"
+                )
+            names = ep.feature_names.get(k)
+            if names is not None and names != ft.get("names"):
+                raise ValueError(
+                    f"{where}: feature {k!r} names {names} differ from the dataset's "
+                    f"{ft.get('names')}; the same column would mean other joints"
                 )
         if set(ep.videos) != set(video_keys(self.features)):
             raise ValueError(
@@ -213,7 +226,7 @@ class LeRobotWriter:
         n = ep.length
         cols: dict[str, pa.Array] = {}
         for k in data_keys(self.features):
-            a = np.asarray(ep.features[k]).astype(self.features[k]["dtype"], copy=False)
+            a = np.asarray(ep.features[k])  # dtype checked equal in _check: no cast
             typ = self._schema.field(k).type
             if pa.types.is_fixed_size_list(typ):
                 flat = pa.array(np.ascontiguousarray(a).reshape(-1), type=typ.value_type)

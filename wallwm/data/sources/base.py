@@ -83,11 +83,18 @@ class Source(ABC):
     def load(self, unit_id: str) -> Episode:
         """Produce one episode; raise SourceError for bad input."""
 
+    def unit_identity(self, unit_id: str) -> dict[str, str]:
+        """``source_id`` and ``tier`` the unit's episode gets, known without loading it, so a unit
+        that fails to load is quarantined under the same name it would have been built under.
+        The default suits sources whose source_id is the unit id; override otherwise."""
+        return {"source_id": unit_id, "tier": str(getattr(self, "tier", self.tiers[0]))}
+
 
 _REGISTRY: dict[str, str | type[Source]] = {
     "sim": "wallwm.data.sources.sim:SimSource",
     "lerobot": "wallwm.data.sources.lerobot_import:LeRobotSource",
     "video_folder": "wallwm.data.sources.video_folder:VideoFolderSource",
+    "fleet_inbox": "wallwm.data.sources.fleet_inbox:FleetInboxSource",
 }
 
 

@@ -125,6 +125,9 @@ class VideoFolderSource(Source):
                               check="video_unreadable")
         return np.stack(frames), round(fps)
 
+    def unit_identity(self, unit_id: str) -> dict[str, str]:
+        return {"source_id": f"{self.root.name}/{unit_id}", "tier": self.tier}
+
     def load(self, unit_id: str) -> Episode:
         video = self.root / unit_id
         if not video.is_file():
@@ -145,7 +148,7 @@ class VideoFolderSource(Source):
                     features[f"observation.{key}"] = a
         key = IMAGE_PREFIX + self.camera
         return Episode(
-            source=self.name, source_id=f"{self.root.name}/{unit_id}", tier=self.tier,
+            source=self.name, source_id=self.unit_identity(unit_id)["source_id"], tier=self.tier,
             task=caption, fps=float(fps), timestamps=np.arange(n) / fps, features=features,
             videos={key: frames}, cameras={key: CameraSpec(key, h, w)},
             extra={"file": unit_id, **{k: v for k, v in meta.items()

@@ -16,6 +16,7 @@ from wallwm.data.episode import (
 )
 from wallwm.data.sources.sim.rollout import MOVING, Rollout
 
+ROBOT_TYPE = "metaworld-sawyer"  # LeRobot robot_type: the embodiment models and bundles name
 
 def to_episode(roll: Rollout, unit_id: str, tier: str, instruction: str) -> Episode:
     t = len(roll.frames["action"])
@@ -58,6 +59,7 @@ def to_episode(roll: Rollout, unit_id: str, tier: str, instruction: str) -> Epis
     return Episode(
         source="sim",
         source_id=unit_id,
+        robot_type=ROBOT_TYPE,
         tier=tier,
         task=instruction,
         fps=fps,

@@ -1,0 +1,5 @@
+import sys
+
+from components.robot_agent.cli import main
+
+sys.exit(main())

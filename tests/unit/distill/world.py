@@ -1,0 +1,121 @@
+"""A small real world for the distillation and export tests, made once per test session.
+
+A 4-episode sim build, a micro teacher trained on it for a few dozen steps (video, then
+action stage), its distilled student, and the student's exported bundle. Each piece is cached
+under the session's $WALLWM_HOME (tests/conftest.py gives every session its own), so the unit
+tests of wallwm/distill, wallwm/export and the integration test share one build and one export
+instead of making their own (the FP32 export is the slow part: torch.export per graph).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from tests.conftest import ROOT
+
+MICRO = ("{width: 32, depth: 1, heads: 2, action_width: 32, action_depth: 1, action_heads: 2, "
+         "image_size: 32, patch: 8, views: 2, frames: 2, action_dim: 4, state_dim: 4, "
+         "action_horizon: 8, max_event_len: 48, vocab_size: 4096, text_depth: 1, vlm_depth: 1, "
+         "relay_depth: 1, cot_latents: 2}")
+SETS = [f"model.presets.micro={MICRO}", "model.preset=micro", "train.batch_size=8",
+        "train.val_sample_batches=0", "distill.teacher_steps=8", "distill.student_steps=2",
+        "distill.max_steps=30", "distill.val_every=15", "distill.lr=0.001",
+        "distill.warmup_steps=3", "distill.val_batches=1", "distill.quality_batches=2",
+        "export.accuracy_batches=2", "export.calibration_batches=2", "export.latency_repeats=3"]
+TEACHER_STEPS = {"video": 30, "action": 40}
+
+
+def home() -> Path:
+    d = Path(os.environ["WALLWM_HOME"]) / "test-world"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def params(*extra: str):
+    from wallwm.config import load_params
+
+    return load_params(ROOT / "params.yaml", sets=[*SETS, *extra])
+
+
+@cache
+def build() -> Path:
+    out = home() / "build"
+    if not (out / "manifest.json").exists():
+        from tests.unit.build.test_bad_inputs import _build
+
+        shutil.rmtree(out, ignore_errors=True)
+        _build("sim:episodes=4", out)
+    return out
+
+
+@cache
+def teacher_checkpoint() -> Path:
+    from wallwm.train.loop import run_stage
+
+    prev = None
+    for stage, steps in TEACHER_STEPS.items():
+        d = home() / "teacher" / stage
+        done = d / "DONE"
+        if not done.exists():
+            p = params(f"train.max_steps={steps}", f"train.val_every={steps}")
+            torch.manual_seed(0)
+            res = run_stage(p, stage, build(), d, init_from=prev, resume=False)
+            done.write_text(res.best_checkpoint or res.last_checkpoint or "")
+        prev = Path(done.read_text())
+    assert prev is not None
+    return prev
+
+
+@cache
+def teacher():
+    from wallwm.train.module import WallWMModule
+
+    return WallWMModule.load_from_checkpoint(str(teacher_checkpoint()),
+                                             map_location="cpu").model.eval()
+
+
+@cache
+def distilled() -> Path:
+    """The distillation's folder (best.ckpt, last.ckpt, result.json)."""
+    from wallwm.distill.loop import run_distill
+
+    d = home() / "distill"
+    if not (d / "result.json").exists():
+        torch.manual_seed(0)
+        r = run_distill(params(), teacher(), build(), d, resume=False)
+        (d / "result.json").write_text(json.dumps(r.__dict__))
+    return d
+
+
+@cache
+def student():
+    from wallwm.distill.loop import load_student
+
+    return load_student(distilled() / "last.ckpt")
+
+
+def contract() -> dict:
+    from wallwm.eval.spec import ModelContract
+
+    p = params()
+    return ModelContract.from_dataset(build() / "t3_robot_real" / "sim", 2,
+                                      p.data.annotate.vocabulary).to_json()
+
+
+@cache
+def exported():
+    """(bundle folder, ExportResult) of the student, both modes, every precision, the video
+    step; its FP32 graphs are kept in `fp32/` for tests that reuse them."""
+    from wallwm.export.pipeline import export_bundle
+
+    out = home() / "bundle"
+    res = export_bundle(student(), build() / "tokenizer.json", contract(), build(), params(),
+                        out, {"data_build": "test-build", "git": "test"},
+                        keep_fp32=home() / "fp32")
+    return out, res
