@@ -15,25 +15,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from wallwm.config import ConfigError, Params, load_params
+from flows.cli_options import ParamsOpt, SetOpt, params_or_exit
+from wallwm.config import Params
 
 console = Console()
 err = Console(stderr=True)
 
-ParamsOpt = Annotated[list[Path] | None, typer.Option("--params", help="Extra YAML over "
-                                                      "params.yaml (repeatable).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one key, e.g. "
-                                                  "--set distill.student_steps=1.")]
 BuildOpt = Annotated[Path | None, typer.Option("--build", help="Build folder (default: the one "
                                                "the model's lineage names, found locally).")]
 
 
 def _params(params: list[Path] | None, sets: list[str] | None) -> Params:
-    try:
-        p = load_params(extra_files=params or [], sets=sets or [])
-    except ConfigError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    p = params_or_exit(params, sets)
     from components.stack import require_stack
 
     require_stack()  # exit 3 with the hint when a service is missing or stale

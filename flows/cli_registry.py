@@ -20,16 +20,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wallwm.config import ConfigError, Params, load_params
+from flows.cli_options import ParamsOpt, SetOpt, params_or_exit
+from wallwm.config import Params
 
 registry_app = typer.Typer(help="The model registry: candidate versions with their gates, "
                            "approvals and aliases, and the audit log.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 
-ParamsOpt = Annotated[list[Path] | None, typer.Option("--params", help="Extra YAML over "
-                                                      "params.yaml (repeatable).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one key.")]
 EmbodimentOpt = Annotated[str | None, typer.Option(
     "--embodiment", help="Which embodiment's models (default: the only one in "
     "registry.embodiments).")]
@@ -40,11 +38,7 @@ CommentOpt = Annotated[str, typer.Option("--comment", help="Why (kept with the d
 def _setup(params: list[Path] | None, sets: list[str] | None, role: str,
            demo: bool = False) -> Params:
     """Configuration, the stack's MLflow address, and the role's credentials."""
-    try:
-        p = load_params(extra_files=params or [], sets=sets or [])
-    except ConfigError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    p = params_or_exit(params, sets)
     from components.registry import RegistryError, apply_identity, resolve
     from components.stack import require_stack
 

@@ -18,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wallwm.config import ConfigError, Params, load_params
+from flows.cli_options import ParamsOpt, SetOpt, params_or_exit
+from wallwm.config import Params
 
 release_app = typer.Typer(help="Signed releases (TUF) on S3 channels, staged rollouts to "
                           "robots, pins and the version floor.", no_args_is_help=True)
@@ -30,9 +31,6 @@ release_app.add_typer(keys_app, name="keys")
 console = Console()
 err = Console(stderr=True)
 
-ParamsOpt = Annotated[list[Path] | None, typer.Option("--params", help="Extra YAML over "
-                                                      "params.yaml (repeatable).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one key.")]
 FleetOpt = Annotated[str, typer.Option(help="Fleet name (director/<fleet>/ in the bucket).")]
 ChannelOpt = Annotated[str | None, typer.Option(help="Channel (default: release.channel).")]
 KeysOpt = Annotated[Path | None, typer.Option("--keys", help="Key folder (default: "
@@ -40,11 +38,7 @@ KeysOpt = Annotated[Path | None, typer.Option("--keys", help="Key folder (defaul
 
 
 def _params(params: list[Path] | None, sets: list[str] | None) -> Params:
-    try:
-        p = load_params(extra_files=params or [], sets=sets or [])
-    except ConfigError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    p = params_or_exit(params, sets)
     from components.stack import load_stack_env
 
     load_stack_env()

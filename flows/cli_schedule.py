@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_options import ParamsOpt, SetOpt, params_or_exit
 from flows.deployments import (
     NIGHTLY,
     ON_BUILD,
@@ -32,7 +33,6 @@ from flows.deployments import (
     WATCHER,
     full_name,
 )
-from wallwm.config import ConfigError, load_params
 
 console = Console()
 err = Console(stderr=True)
@@ -45,10 +45,6 @@ schedule_app = typer.Typer(
     help="Deployments of the retrain: the nightly schedule, the data-build and fleet-inbox "
     "triggers, manual runs.", no_args_is_help=True)
 
-ParamsOpt = Annotated[list[Path] | None, typer.Option(
-    "--params", help="Extra YAML merged over params.yaml (repeatable).")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override one key, e.g. --set train.max_steps=50.")]
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -57,10 +53,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _params(params: list[Path] | None, sets: list[str] | None) -> Any:
-    try:
-        return load_params(extra_files=params or [], sets=sets or [])
-    except ConfigError as e:
-        raise _fail(str(e), EXIT_INPUT) from None
+    return params_or_exit(params, sets)
 
 
 def _require_prefect() -> None:

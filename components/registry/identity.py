@@ -22,13 +22,13 @@ import contextlib
 import getpass
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import requests
 
 from components.registry.errors import RegistryError
+from wallwm.util.env import temporary_env
 
 USER_VAR, PASSWORD_VAR = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 CURRENT_USER = "/api/2.0/mlflow/users/current"
@@ -101,19 +101,10 @@ def resolve(role: Role, *, demo: bool = False, demo_allowed: bool = False,
     return stack_credentials(role, home)
 
 
-@contextlib.contextmanager
-def use_identity(creds: Credentials | None) -> Iterator[None]:
+def use_identity(creds: Credentials | None) -> contextlib.AbstractContextManager[None]:
     """Make MLflow's client authenticate as `creds` inside the block (process-wide)."""
-    saved = {k: os.environ.get(k) for k in (USER_VAR, PASSWORD_VAR)}
-    try:
-        apply_identity(creds)
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return temporary_env({USER_VAR: creds.username if creds else None,
+                          PASSWORD_VAR: creds.password if creds else None})
 
 
 def apply_identity(creds: Credentials | None) -> None:

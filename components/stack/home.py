@@ -47,7 +47,7 @@ def stack_id(home: Path) -> str:
     return hashlib.sha256(str(home).encode()).hexdigest()[:16]
 
 
-def _private_temp(path: Path, text: str) -> Path:
+def private_temp(path: Path, text: str) -> Path:
     """A new file beside `path`, created 0600 (O_EXCL: never someone else's), holding `text`."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -66,7 +66,7 @@ def _private_temp(path: Path, text: str) -> Path:
 def write_private(path: Path, text: str) -> None:
     """Atomically replace `path` with `text`, readable by its owner only (0600 from the start)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _private_temp(path, text)
+    tmp = private_temp(path, text)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -84,7 +84,7 @@ def credentials(home: Path) -> tuple[str, str]:
     path = home / "s3-credentials"
     if not path.exists():
         key, secret = "wallwm" + secrets.token_hex(6), secrets.token_urlsafe(30)
-        tmp = _private_temp(path, f"{key}\n{secret}\n")
+        tmp = private_temp(path, f"{key}\n{secret}\n")
         try:
             os.link(tmp, path)
         except FileExistsError:

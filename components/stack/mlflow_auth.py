@@ -33,15 +33,15 @@ import io
 import json
 import os
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from components.stack.home import private_dir, wallwm_home, write_private
+from components.stack.home import private_dir, private_temp, wallwm_home, write_private
 from wallwm.config.schema import RegistryParams
+from wallwm.util.env import temporary_env
 
 USERS_FILE = "mlflow-users.json"
 INI_FILE = "mlflow-auth.ini"
@@ -74,13 +74,8 @@ def _new_password() -> str:
 
 def _create_once(path: Path, text: str) -> None:
     """Create `path` holding `text`, 0600 from its first byte; if it exists, keep it."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    tmp = private_temp(path, text)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
         with contextlib.suppress(FileExistsError):
             os.link(tmp, path)  # the first writer wins: two `up`s agree on one admin password
     finally:
@@ -242,19 +237,10 @@ class ProvisionReport:
         return "; ".join(parts) or "users and permissions already as params say"
 
 
-@contextlib.contextmanager
-def _as(username: str, password: str) -> Iterator[None]:
-    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ[keys[0]], os.environ[keys[1]] = username, password
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def _as(username: str, password: str) -> contextlib.AbstractContextManager[None]:
+    """MLflow's client authenticates as this account inside the block."""
+    return temporary_env({"MLFLOW_TRACKING_USERNAME": username,
+                          "MLFLOW_TRACKING_PASSWORD": password})
 
 
 def _login(url: str, username: str, password: str) -> bool:

@@ -43,7 +43,11 @@ def test_stack_up_retrain_down(tmp_path):
                 "--set", "retrain.fleet_robots=2",
                 # closed loop on two tasks, one condition: the full grid belongs to `wallwm eval`
                 "--set", "eval.tasks=[pick-place-v3,push-v3]",
-                "--set", "eval.conditions=[new_layout]", "--set", "eval.videos=1"]
+                "--set", "eval.conditions=[new_layout]", "--set", "eval.videos=1",
+                # one held-out batch per figure of distillation and export (the benchmarks
+                # measure them at full size)
+                "--set", "distill.quality_batches=1", "--set", "export.accuracy_batches=1",
+                "--set", "export.calibration_batches=1", "--set", "export.latency_repeats=2"]
     try:
         _run(["stack", "up", *demo, *sets], env)
         _run(["schedule", "apply", *demo], env)  # as `make run` does
