@@ -453,7 +453,7 @@ def write_evaluation_report(out_dir: Path | str, *, title: str, meta: Mapping[st
     relative to out_dir) of PNGs already there (inlined into the HTML); `videos`: relative
     paths of rollout videos beside it."""
     from wallwm.eval.metrics import summarize
-    from wallwm.eval.report import CSS, html_table, markdown_table, table
+    from wallwm.eval.report import html_table, jsonable, markdown_table, table, write_html
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -482,7 +482,7 @@ def write_evaluation_report(out_dir: Path | str, *, title: str, meta: Mapping[st
                "images": [p for _, p in images], "videos": list(videos)}
     paths = {"metrics": out / "metrics.json", "md": out / "report.md",
              "html": out / "report.html"}
-    atomic_write_text(paths["metrics"], json.dumps(metrics, indent=1, default=_jsonable))
+    atomic_write_text(paths["metrics"], json.dumps(metrics, indent=1, default=jsonable))
     intro = []
     if offline is not None:
         intro.append(f"Offline: build {offline.build_id}, {len(offline.val_episodes)} val "
@@ -507,21 +507,7 @@ def write_evaluation_report(out_dir: Path | str, *, title: str, meta: Mapping[st
         b64 = base64.b64encode((out / p).read_bytes()).decode("ascii")
         body.append(f'<h2>{html.escape(cap)}</h2><img alt="{html.escape(cap)}" '
                     f'src="data:image/png;base64,{b64}">')
-    if videos:
-        body.append("<h2>Rollout videos (artifacts beside this report)</h2><ul>"
-                    + "".join(f"<li>{html.escape(v)}</li>" for v in videos) + "</ul>")
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-           f"</title><style>{CSS}h1{{overflow-wrap:anywhere}}</style></head><body>"
-           f"{''.join(body)}</body></html>")
-    atomic_write_text(paths["html"], doc)
+    write_html(paths["html"], title, body, videos, css="h1{overflow-wrap:anywhere}")
     return paths
 
 
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")

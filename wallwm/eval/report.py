@@ -127,7 +127,7 @@ def write_report(out_dir: Path | str, results: Sequence[EpisodeResult], *, title
     paths = {"metrics": out / "metrics.json", "success_png": out / "success.png",
              "progress_png": out / "progress.png", "md": out / "report.md",
              "html": out / "report.html"}
-    atomic_write_text(paths["metrics"], json.dumps(metrics, indent=1, default=_jsonable))
+    atomic_write_text(paths["metrics"], json.dumps(metrics, indent=1, default=jsonable))
     pngs = {"success": bar_plot(rows, "success"), "progress": bar_plot(rows, "progress")}
     atomic_write_bytes(paths["success_png"], pngs["success"])
     atomic_write_bytes(paths["progress_png"], pngs["progress"])
@@ -156,18 +156,28 @@ def write_report(out_dir: Path | str, results: Sequence[EpisodeResult], *, title
     for w, png in pngs.items():
         b64 = base64.b64encode(png).decode("ascii")
         body.append(f'<h2>{w}</h2><img alt="{w}" src="data:image/png;base64,{b64}">')
-    if videos:
-        body.append("<h2>Rollout videos (artifacts beside this report)</h2><ul>"
-                    + "".join(f"<li>{html.escape(v)}</li>" for v in videos) + "</ul>")
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-           f"</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>")
-    atomic_write_text(paths["html"], doc)
+    write_html(paths["html"], title, body, videos)
     return paths
 
 
-def _jsonable(o: Any) -> Any:
+def write_html(path: Path, title: str, body: list[str], videos: Sequence[str] = (),
+               css: str = "") -> None:
+    """The self-contained report page (inline images, no script: MLflow's artifact view
+    renders it), with the list of rollout videos stored beside it."""
+    if videos:
+        body = [*body, "<h2>Rollout videos (artifacts beside this report)</h2><ul>"
+                + "".join(f"<li>{html.escape(v)}</li>" for v in videos) + "</ul>"]
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+           f"</title><style>{CSS}{css}</style></head><body>{''.join(body)}</body></html>")
+    atomic_write_text(path, doc)
+
+
+def jsonable(o: Any) -> Any:
+    """`json.dumps(default=...)` for numpy values and paths."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
