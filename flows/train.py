@@ -21,7 +21,7 @@ import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from components.compute.ray_train import fit_on_ray, ray_lightning_kwargs
+from components.compute.ray_train import fit_on_ray, ray_lightning_kwargs, train_storage
 from components.stack.home import project_root, wallwm_home
 from components.tracking import dataset_entry, start_run
 from components.tracking.runs import base_tags
@@ -85,7 +85,7 @@ def train_stage(p: Params, stage: str, build_dir: Path, stage_dir: Path, init_fr
             "params": p.model_dump(mode="json"), "stage": stage, "build_dir": str(build_dir),
             "stage_dir": str(stage_dir), "init_from": str(init_from) if init_from else None,
             "resume": resume, "run_id": run_id, "figures_dir": str(figures_dir), "env": env,
-        }, p.train.workers, wallwm_home() / "ray-train", f"{run_id}-{stage}",
+        }, p.train.workers, train_storage(wallwm_home() / "ray-train"), f"{run_id}-{stage}",
             use_gpu=p.train.device == "cuda")
         shared = stage_dir / "result.json"
         result = json.loads(shared.read_text()) if shared.exists() else {

@@ -21,7 +21,7 @@ from wallwm.data.sources import make_source
 
 pytestmark = pytest.mark.integration
 WALLWM = str(Path(sys.executable).parent / "wallwm")
-EPISODES = 6
+EPISODES = 4  # one per task
 
 
 @pytest.fixture(scope="module")

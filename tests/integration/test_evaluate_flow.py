@@ -32,15 +32,13 @@ GATES = ("closed_loop.success_rate", "closed_loop.success_ci_low",
 
 
 @pytest.fixture(scope="module")
-def build(stack, tmp_path_factory) -> Path:
-    """A 4-episode sim build where the flows keep builds: <WALLWM_HOME>/builds/<build id>."""
-    from tests.unit.build.test_bad_inputs import _build
-
-    _, res = _build("sim:episodes=4", tmp_path_factory.mktemp("evalbuild") / "b")
-    bid = json.loads((Path(res.path) / "manifest.json").read_text())["build_id"]
+def build(stack, sim_build4) -> Path:
+    """The session's 4-episode sim build, copied where the flows keep builds:
+    <WALLWM_HOME>/builds/<build id>."""
+    bid = json.loads((sim_build4 / "manifest.json").read_text())["build_id"]
     final = Path(os.environ["WALLWM_HOME"]) / "builds" / bid
-    final.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(res.path, final)
+    if not final.exists():
+        shutil.copytree(sim_build4, final)
     return final
 
 

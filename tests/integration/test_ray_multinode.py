@@ -161,7 +161,7 @@ def test_two_node_training_keeps_checkpoints_in_s3_and_resumes(cluster, sim_buil
 
     p = load_params(ROOT / "params.yaml", sets=[
         "train.stages=[action]", f"train.max_steps={STEPS}", f"train.val_every={EVERY}",
-        "train.batch_size=4"])
+        "train.batch_size=4", "train.val_batches=2"])
     mlflow.set_experiment("it-ray-multinode")
     run = mlflow.MlflowClient().create_run(mlflow.get_experiment_by_name(
         "it-ray-multinode").experiment_id, run_name="multinode")

@@ -1,7 +1,8 @@
 """`wallwm train` against the real stack: the MLflow run holds params, data lineage (of the
 build trained on), checkpoints, figures, baselines, deployment-condition and sampled figures
 and a self-contained model; a killed run resumes from its last checkpoint; a resume with other
-params is refused; the same training runs on 2 Ray Train workers."""
+params is refused; 2 Ray Train workers keep their checkpoints in the stack's S3 (across two
+Ray nodes, killed and resumed from S3: tests/integration/test_ray_multinode.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
-SMALL = ["--set", "train.batch_size=4", "--set", "train.val_every=5"]
+SMALL = ["--set", "train.batch_size=4", "--set", "train.val_every=5", "--set", "train.val_batches=2"]
 
 
 def _env(stack) -> dict[str, str]:
@@ -60,7 +61,7 @@ def _manifest_id(build: Path) -> str:
 def test_curriculum_learns_and_is_tracked(stack, build):
     env = {**_env(stack), "WALLWM_DVC_REPO": str(build.parent)}  # this build is the pinned one
     p = subprocess.run([str(BIN / "wallwm"), "train", "--build", str(build), "--run-name",
-                        "it-train", *SMALL, "--set", "train.max_steps=30"], cwd=ROOT, env=env,
+                        "it-train", *SMALL, "--set", "train.max_steps=10"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     run = _run("it-train")
@@ -168,7 +169,7 @@ def test_killed_run_resumes_from_last_checkpoint(stack, build):
     name = "it-resume"
     ckpt = Path(os.environ["WALLWM_HOME"]) / "checkpoints" / name / "video" / "last.ckpt"
     proc = subprocess.Popen([str(BIN / "wallwm"), "train", "--build", str(build), "--run-name",
-                             name, *SMALL, "--set", "train.max_steps=40", "--set",
+                             name, *SMALL, "--set", "train.max_steps=20", "--set",
                              "train.stages=[video]"], cwd=ROOT, env=_env(stack),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -181,18 +182,26 @@ def test_killed_run_resumes_from_last_checkpoint(stack, build):
     import torch
 
     step_at_kill = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < step_at_kill < 40
-    p = _train(stack, build, name, "--set", "train.max_steps=40", "--set", "train.stages=[video]")
+    assert 0 < step_at_kill < 20
+    p = _train(stack, build, name, "--set", "train.max_steps=20", "--set", "train.stages=[video]")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     assert "Restoring states from the checkpoint" in p.stdout + p.stderr
-    assert "40 steps" in p.stdout
+    assert "20 steps" in p.stdout
     run = _run(name)  # the same named run continued, not a second one
     assert run.info.run_id
 
 
-def test_two_ray_train_workers(stack, build):
+
+def test_two_ray_train_workers_keep_checkpoints_in_s3(stack, build):
     p = _train(stack, build, "it-ray", "--set", "train.max_steps=6", "--set", "train.workers=2",
                "--set", "train.stages=[action]")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-5000:]
     sr = _run("it-ray/action")
     assert "final_val_loss" in sr.data.metrics
+    from components.storage.s3 import s3_client
+
+    # Ray Train's storage is the stack's S3 (every node reaches it), not a local folder
+    keys = [o["Key"] for o in s3_client().list_objects_v2(
+        Bucket="wallwm-ray", Prefix=f"train/{sr.info.run_id}-action/").get("Contents", [])]
+    assert any(k.endswith("/last.ckpt") for k in keys), keys
+    assert not (Path(os.environ["WALLWM_HOME"]) / "ray-train").exists()

@@ -44,6 +44,9 @@ def test_unknown_preset_names_key_and_allowed_values():
         ("services.mlflow.port=70000", "services.mlflow.port", "less than or equal to 65535"),
         ("model.presets.tiny.patch=7", "model.presets.tiny", "not divisible by patch"),
         ("data.sim.perturb_prob=2", "data.sim.perturb_prob", "less than or equal to 1"),
+        ("train.stage_steps={end_to_endd: 3}", "train.stage_steps.end_to_endd",
+         "'end_to_end'"),
+        ("train.stage_steps={video: 0}", "train.stage_steps.video", "greater than 0"),
     ],
 )
 def test_bad_values_name_the_key(override, key, fragment):

@@ -248,8 +248,12 @@ class LossWeights(Section):
     cot: float = 0.1
 
 
+StageName = Literal["video", "action", "reasoning", "staircase", "next_chunk", "end_to_end"]
+
+
 class TrainParams(Section):
-    max_steps: PositiveInt = 200
+    max_steps: PositiveInt = Field(200, description="steps per stage (train.stage_steps "
+                                   "overrides one stage)")
     batch_size: PositiveInt = 8
     lr: float = Field(2e-3, gt=0)
     adamw_lr: float = Field(1e-3, gt=0)
@@ -260,20 +264,24 @@ class TrainParams(Section):
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     workers: PositiveInt = 1
-    stages: list[
-        Literal["video", "action", "reasoning", "staircase", "next_chunk", "end_to_end"]
-    ] = [
-        "video",
-        "action",
-    ]
+    stages: list[StageName] = ["video", "action"]
+    stage_steps: dict[StageName, PositiveInt] = Field(
+        default_factory=dict, description="steps of one stage instead of max_steps, e.g. "
+        "{end_to_end: 200}: a mixed stage costs several single-mode steps")
     loss: LossWeights = LossWeights()
     val_every: PositiveInt = 50
     balance_temperature: float = Field(0.5, ge=0.0, le=1.0)
     pack_length: PositiveInt = 256
+    val_batches: PositiveInt | None = Field(None, description="held-out batches per "
+                                            "validation pass; null: the whole val split")
     val_sample_batches: int = Field(2, ge=0, description="val batches sampled with predict")
     decoder_steps: int = Field(150, ge=0, description="text decoder pretraining steps")
     decoder_lr: float = Field(3e-3, gt=0)
     decoder_batch_size: PositiveInt = 16
+
+    def steps_for(self, stage: str) -> int:
+        """The step budget of one stage: `stage_steps[stage]`, else `max_steps`."""
+        return int(self.stage_steps.get(stage, self.max_steps))
 
 
 class DistillParams(Section):

@@ -48,6 +48,7 @@ def make_trainer(p: Params, stage_dir: Path, monitor: str, logger: Any = None,
                  callbacks: list | None = None, **kw: Any) -> tuple[L.Trainer, ModelCheckpoint]:
     ckpt = ModelCheckpoint(dirpath=stage_dir, filename="best", monitor=monitor, mode="min",
                            save_last=True, save_top_k=1, every_n_epochs=1)
+    kw.setdefault("limit_val_batches", p.train.val_batches or 1.0)  # 1.0: the whole split
     trainer = L.Trainer(
         max_steps=p.train.max_steps, accelerator=_accelerator(p), precision=p.train.precision,
         logger=logger if logger is not None else False, callbacks=[ckpt, *(callbacks or [])],
@@ -55,6 +56,18 @@ def make_trainer(p: Params, stage_dir: Path, monitor: str, logger: Any = None,
         use_distributed_sampler=False,  # the balanced sampler shards by rank itself
         enable_model_summary=False, default_root_dir=str(stage_dir), **kw)
     return trainer, ckpt
+
+
+def stage_params(params: Params, stage_name: str) -> Params:
+    """`params` with `train.max_steps` set to this stage's budget (`train.stage_steps`), so the
+    trainer, the LR schedule and the checkpoint's hyperparameters agree on it. A stage shorter
+    than one epoch (`val_every`) gets one epoch of its length: it still validates and keeps a
+    best checkpoint."""
+    steps = params.train.steps_for(stage_name)
+    if steps == params.train.max_steps:
+        return params
+    return params.model_copy(update={"train": params.train.model_copy(
+        update={"max_steps": steps, "val_every": min(steps, params.train.val_every)})})
 
 
 def run_stage(params: Params, stage_name: str, build_dir: Path, stage_dir: Path,
@@ -66,6 +79,7 @@ def run_stage(params: Params, stage_name: str, build_dir: Path, stage_dir: Path,
     from wallwm.train.decoder import pretrain_decoder
     from wallwm.train.stats import train_split_stats
 
+    params = stage_params(params, stage_name)
     L.seed_everything(params.project.seed + _STAGE_SEED.get(stage_name, 0), workers=True,
                       verbose=False)  # a stage is reproducible from (seed, stage)
     module = WallWMModule(params.model_dump(mode="json"), stage_name)

@@ -41,8 +41,11 @@ def build(sim_build4) -> Path:
 
 def _params(stage: str):
     return load_params(ROOT / "params.yaml", sets=[
-        f"train.max_steps={STEPS[stage]}", f"train.val_every={STEPS[stage]}",
-        "train.batch_size=4", "train.val_sample_batches=0", "train.decoder_steps=80",
+        # the stage's budget through train.stage_steps (max_steps is what the others get)
+        "train.max_steps=999", f"train.stage_steps={{{stage}: {STEPS[stage]}}}",
+        f"train.val_every={STEPS[stage]}",
+        "train.batch_size=4", "train.val_sample_batches=0", "train.val_batches=1",
+        "train.decoder_steps=80",
         "model.denoise_steps=2", "train.warmup_steps=5"])
 
 
@@ -77,6 +80,7 @@ def test_every_stage_beats_its_trivial_baseline(build, tmp_path):
         prev = Path(res.best_checkpoint or res.last_checkpoint)
         module = WallWMModule.load_from_checkpoint(str(tmp_path / stage / "last.ckpt"),
                                                    map_location="cpu")
+        assert res.steps == STEPS[stage] == module.params.train.max_steps  # LR schedule too
         for mode, loss, base in CHECKS[stage]:
             got = _train_losses(module, build, p, mode)
             report[(stage, mode)] = (got[loss], got[base])
