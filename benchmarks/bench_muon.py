@@ -62,7 +62,7 @@ def _curve(p, build: Path, out: Path) -> list[tuple[int, float]]:
                 curve.append((int(trainer.global_step), float(v)))
 
     trainer, _ = make_trainer(p, out, m.stage.monitor, callbacks=[Record()],
-                              enable_progress_bar=False, enable_checkpointing=False)
+                              enable_progress_bar=False)  # (checkpoints: the temp dir)
     trainer.fit(m, datamodule=dm)
     return curve
 

@@ -32,7 +32,8 @@ def build(stack, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("trainrepo")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True)
-    p = subprocess.run([str(BIN / "wallwm"), "data", "build", "--sources", "sim:episodes=6",
+    # the data-build test's sources: that build is reused (content-addressed), then pinned here
+    p = subprocess.run([str(BIN / "wallwm"), "data", "build", "--sources", "sim:episodes=4",
                         "--repo", str(repo)], cwd=ROOT, env=_env(stack), capture_output=True,
                        text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
