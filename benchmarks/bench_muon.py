@@ -56,7 +56,9 @@ def _curve(p, build: Path, out: Path) -> list[tuple[int, float]]:
     curve: list[tuple[int, float]] = []
 
     class Record(L.Callback):
-        def on_validation_epoch_end(self, trainer, module):  # noqa: ANN001
+        # on_validation_end: Lightning fills callback_metrics with this pass's epoch values
+        # only after on_validation_epoch_end (there it still holds the previous pass's)
+        def on_validation_end(self, trainer, module):  # noqa: ANN001
             v = trainer.callback_metrics.get(m.stage.monitor)
             if v is not None and not trainer.sanity_checking:
                 curve.append((int(trainer.global_step), float(v)))
