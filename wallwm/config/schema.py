@@ -204,6 +204,9 @@ class ModelParams(Section):
     video_target: Literal["x", "v"] = "x"
     action_target: Literal["x", "v"] = "v"
     video_residual: bool = True
+    video_loss_space: Literal["v", "x"] = "x"
+    video_anchor_share: float = Field(0.25, ge=0.0, le=1.0,
+                                      description="share of video-loss samples at the anchor")
     action_skip: bool = True
 
     @field_validator("preset")

@@ -61,7 +61,9 @@ class WallWMConfig:
     tube_loss_weight: float = 2.0
     denoise_steps: int = 10
     video_anchor_t: float = 1.0  # noise level of the one cached video pass at inference
-    anchor_prob: float = 0.25  # training: share of samples whose video noise is the anchor
+    # training: share of the video loss's samples at exactly the anchor level, the level
+    # every imagined frame starts from (logit-normal levels almost never reach t = 1)
+    video_anchor_share: float = 0.25
     recompute_video: bool = False  # inference: rerun the video tower at every action step
     # what each tower's head predicts: "x" the clean sample (converted to a velocity through a
     # full-rank skip from x_t, Li & He 2025), "v" the velocity itself (needs out dim <= width)
@@ -71,6 +73,10 @@ class WallWMConfig:
     # video x-prediction relative to the observation frame (x_hat = obs + head): a fresh tower
     # samples exactly the copy-the-observation baseline and learns what changes
     video_residual: bool = True
+    # where the video loss is measured: "v" the velocity (the clean-frame error weighted 1/t^2:
+    # low noise levels dominate) or "x" the clean frame itself (every level alike, so the
+    # prediction from pure noise, which the boundary frame starts from, is trained as hard)
+    video_loss_space: str = "x"
     # action velocity as a residual over the best linear predictor for unit-variance data
     # (normalized actions): v = F + (2t - 1) / (t^2 + (1 - t)^2) x_t, EDM-style c_skip
     # preconditioning (Karras et al. 2022); a fresh head scores the mean/variance baseline
@@ -87,6 +93,10 @@ class WallWMConfig:
             problems.append(
                 f"action_width {self.action_width} not divisible by action_heads "
                 f"{self.action_heads}")
+        if self.video_loss_space not in ("x", "v"):
+            problems.append(f"video_loss_space {self.video_loss_space!r}: use 'x' or 'v'")
+        if not 0.0 <= self.video_anchor_share <= 1.0:
+            problems.append(f"video_anchor_share {self.video_anchor_share} outside [0, 1]")
         if self.relay_depth > self.vlm_depth:
             problems.append(f"relay_depth {self.relay_depth} > vlm_depth {self.vlm_depth}")
         for tower, target, out, width in (
@@ -149,6 +159,8 @@ class WallWMConfig:
             denoise_steps=model.denoise_steps, video_anchor_t=model.video_anchor_t,
             recompute_video=model.recompute_video, video_target=model.video_target,
             action_target=model.action_target, video_residual=model.video_residual,
+            video_loss_space=model.video_loss_space,
+            video_anchor_share=model.video_anchor_share,
             action_skip=model.action_skip,
         )
         train = getattr(params, "train", None)

@@ -350,6 +350,8 @@ class WallWM(nn.Module):
             ctx, ctx_mask = self.text(b.text_ids, b.text_mask.bool(), et)
             t_v = sample_t(B, generator, "logit_normal").to(dev)
             noise_v = torch.randn(b.future.shape, generator=generator).to(dev)
+            at_anchor = torch.rand(B, generator=generator).to(dev) < cfg.video_anchor_share
+            t_v = torch.where(at_anchor, torch.full_like(t_v, cfg.video_anchor_t), t_v)
             x_v = interpolate(b.future, noise_v, t_v)  # (B, V, F, 3, H, W)
             tube = None
             if self.training and cfg.tube_mask_prob > 0:
@@ -359,13 +361,17 @@ class WallWM(nn.Module):
             v_pred, _ = self._video_out(b.obs, x_v, t_v, ctx, ctx_mask, mode_id, bias, tube)
             w = None if tube is None else tube_loss_weights(tube[:, :, 1:], cfg.tube_loss_weight)
             w = None if w is None else w.flatten(3)  # (B, V, F, N)
-            target = patchify(velocity_target(b.future, noise_v), cfg.patch)  # (B,V,F,N,P)
-            losses["video_fm"] = weighted_mse(patchify(v_pred, cfg.patch), target, w)
+            # "x": velocity errors times t are clean-frame errors (x̂ = x_t - t v), every level
+            # alike; "v": as they are (the clean-frame error weighted 1 / t^2)
+            scale = (t_v.clamp_min(cfg.x_pred_min_t) if cfg.video_loss_space == "x"
+                     else torch.ones_like(t_v)).view(B, 1, 1, 1, 1, 1)
+            target = patchify(velocity_target(b.future, noise_v) * scale, cfg.patch)  # B,V,F,N,P
+            losses["video_fm"] = weighted_mse(patchify(v_pred * scale, cfg.patch), target, w)
             with torch.no_grad():  # trivial baselines on the same draws (reported, not trained)
                 copy = b.obs[:, :, None].expand_as(b.future)  # x̂ = the observation frame
                 v_copy = to_velocity(copy, x_v, t_v, "x", cfg.x_pred_min_t)
                 losses["baseline/video_fm_copy_obs"] = weighted_mse(
-                    patchify(v_copy, cfg.patch), target, w)
+                    patchify(v_copy * scale, cfg.patch), target, w)
                 losses["baseline/video_fm_zero_v"] = weighted_mse(torch.zeros_like(target),
                                                                   target, w)
         need_cot = mode == "unified" and lw.cot > 0 and b.cot_ids is not None

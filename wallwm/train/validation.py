@@ -37,9 +37,10 @@ def deploy_losses(model: WallWM, b: WorldActionBatch, seed: int,
     assert b.future is not None
     lw = loss_weights or model.cfg.loss
     g = torch.Generator().manual_seed(seed)
-    if lw.video > 0:  # forward's video branch draws first: t_v, then its noise
+    if lw.video > 0:  # forward's video branch draws first: t_v, its noise, the anchor share
         sample_t(b.batch_size, g, "logit_normal")
         torch.randn(b.future.shape, generator=g)
+        torch.rand(b.batch_size, generator=g)
     noise_v = torch.randn(b.future.shape, generator=g).to(b.obs.device)  # the anchor noise
     cond = model.encode(b.replace(future=None), b.mode, video_noise=noise_v)
     return model.action_losses(b, cond, g)
