@@ -366,6 +366,8 @@ class ExportParams(Section):
                                   "episodes per task and condition; 0: none")
     runtime_conditions: list[Literal["new_layout", "rephrased", "recovery"]] = ["new_layout"]
     runtime_precisions: list[Literal["fp32", "bf16", "fp8"]] = ["fp32", "fp8"]
+    workers: int = Field(2, ge=1, description="processes tracing the graphs in parallel "
+                         "(torch.export is single-threaded); 1: in this process")
     seed: int = 0
 
     @model_validator(mode="after")

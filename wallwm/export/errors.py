@@ -19,5 +19,5 @@ class ExportError(ValueError):
         where = ", ".join(f"{k} {v}" for k, v in (("graph", graph), ("output", output),
                                                    ("figure", figure)) if v)
         super().__init__(f"{message} [{where}]" if where else message)
-        self.graph, self.output, self.figure = graph, output, figure
+        self.message, self.graph, self.output, self.figure = message, graph, output, figure
         self.value, self.bound = value, bound

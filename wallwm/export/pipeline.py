@@ -33,7 +33,8 @@ import onnx
 
 from wallwm.export import data as D
 from wallwm.export.errors import ExportError
-from wallwm.export.graphs import export_graph, graph_specs
+from wallwm.export.graph_worker import export_graphs
+from wallwm.export.graphs import graph_specs
 from wallwm.export.parity import Parity, check_parity, require_parity
 from wallwm.export.precision import (
     chunk_actions,
@@ -138,9 +139,9 @@ def export_bundle(model: WallWM, tokenizer: Path, contract: dict[str, Any], buil
                                   figure="inputs")
             paths = {n: Path(fp32_graphs[n]) for n in names}
         else:
-            paths = {spec.name: export_graph(spec, work / f"{spec.name}.onnx", int(ex.opset),
-                                             model.cfg.max_text_len, model.cfg.frames)
-                     for spec in graph_specs(model, modes, bool(ex.video_step))}
+            paths = export_graphs(graph_specs(model, modes, bool(ex.video_step)), work,
+                                  int(ex.opset), model.cfg.max_text_len, model.cfg.frames,
+                                  int(ex.workers))
         for name, path in paths.items():
             g = onnx.load(str(path))
             check_graph(g, name)
