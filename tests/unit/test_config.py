@@ -47,6 +47,8 @@ def test_unknown_preset_names_key_and_allowed_values():
         ("train.stage_steps={end_to_endd: 3}", "train.stage_steps.end_to_endd",
          "'end_to_end'"),
         ("train.stage_steps={video: 0}", "train.stage_steps.video", "greater than 0"),
+        ("train.stage_lr={end_to_end: 0}", "train.stage_lr.end_to_end", "greater than 0"),
+        ("train.stage_lr={e2e: 0.5}", "train.stage_lr.e2e", "'end_to_end'"),
     ],
 )
 def test_bad_values_name_the_key(override, key, fragment):

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveFloat,
     PositiveInt,
     ValidationInfo,
     field_validator,
@@ -271,6 +272,9 @@ class TrainParams(Section):
     stage_steps: dict[StageName, PositiveInt] = Field(
         default_factory=dict, description="steps of one stage instead of max_steps, e.g. "
         "{end_to_end: 200}: a mixed stage costs several single-mode steps")
+    stage_lr: dict[StageName, PositiveFloat] = Field(
+        default_factory=dict, description="a stage's factor on train.lr and train.adamw_lr, "
+        "e.g. {end_to_end: 0.25}: fine-tune a trained model without re-warming to full lr")
     loss: LossWeights = LossWeights()
     val_every: PositiveInt = 50
     balance_temperature: float = Field(0.5, ge=0.0, le=1.0)

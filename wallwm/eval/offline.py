@@ -306,6 +306,7 @@ COLUMNS = (  # (key, header, format)
     ("action_mse_vs_mean_baseline", "ratio", ".3f"), ("gripper_acc", "gripper acc", ".3f"),
     ("end_abs_err_frames", "end err (frames)", ".2f"), ("frame_psnr", "PSNR dB", ".2f"),
     ("copy_obs_psnr", "copy-obs PSNR", ".2f"), ("psnr_gain_db", "gain dB", "+.2f"),
+    ("psnr_gain_db_1step", "1-step gain dB", "+.2f"),
     ("frame_ssim", "SSIM", ".3f"), ("copy_obs_ssim", "copy-obs SSIM", ".3f"),
     ("deploy_action_fm", "deploy FM loss", ".4f"),
     ("deploy_baseline_action_fm_mean_var", "FM mean/var baseline", ".4f"),

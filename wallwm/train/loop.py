@@ -59,15 +59,18 @@ def make_trainer(p: Params, stage_dir: Path, monitor: str, logger: Any = None,
 
 
 def stage_params(params: Params, stage_name: str) -> Params:
-    """`params` with `train.max_steps` set to this stage's budget (`train.stage_steps`), so the
-    trainer, the LR schedule and the checkpoint's hyperparameters agree on it. A stage shorter
-    than one epoch (`val_every`) gets one epoch of its length: it still validates and keeps a
-    best checkpoint."""
-    steps = params.train.steps_for(stage_name)
-    if steps == params.train.max_steps:
+    """`params` with `train.max_steps` set to this stage's budget (`train.stage_steps`) and the
+    learning rates scaled by its factor (`train.stage_lr`), so the trainer, the LR schedule and
+    the checkpoint's hyperparameters agree on them. A stage shorter than one epoch
+    (`val_every`) gets one epoch of its length: it still validates and keeps a best
+    checkpoint."""
+    t = params.train
+    steps, scale = t.steps_for(stage_name), float(t.stage_lr.get(stage_name, 1.0))
+    if steps == t.max_steps and scale == 1.0:
         return params
-    return params.model_copy(update={"train": params.train.model_copy(
-        update={"max_steps": steps, "val_every": min(steps, params.train.val_every)})})
+    return params.model_copy(update={"train": t.model_copy(update={
+        "max_steps": steps, "val_every": min(steps, t.val_every), "lr": t.lr * scale,
+        "adamw_lr": t.adamw_lr * scale})})
 
 
 def run_stage(params: Params, stage_name: str, build_dir: Path, stage_dir: Path,

@@ -8,7 +8,11 @@ inference-time mask setting, actions sampled from noise), so that is what these 
 * `sample_metrics`: sums over a batch of what `predict` returns against the truth: action MSE
   per dimension (dataset and normalized units) beside the predict-the-mean baseline, gripper
   open/close accuracy, event-end timing error, boundary-frame PSNR / SSIM of the model and of
-  the copy-the-observation baseline. Sums, so several batches (and ranks) add up exactly.
+  the copy-the-observation baseline, and the PSNR of the one-step frame from the same noise
+  (`frame_psnr_1step`: x_1 - v(x_1, 1), the tower's posterior-mean estimate; a sample carries
+  the posterior's spread as well, which PSNR punishes, so the two answer different questions:
+  "what will it look like on average" vs "a plausible future"). Sums, so several batches (and
+  ranks) add up exactly.
 
 `finish` turns summed figures into means and ratios.
 """
@@ -63,8 +67,9 @@ def sample_metrics(model: WallWM, b: WorldActionBatch, seed: int, steps: int | N
     """Summed figures of one batch from `predict` (see the module docstring); `n_*` keys count
     what each sum is over."""
     assert b.actions is not None and b.action_mask is not None and b.future is not None
-    out = model.predict(b.replace(future=None), mode=b.mode, steps=steps,
-                        generator=torch.Generator().manual_seed(seed))
+    q = b.replace(future=None)
+    noise = model.draw_noise(q, b.mode, torch.Generator().manual_seed(seed))
+    out = model.predict(q, mode=b.mode, steps=steps, noise=noise)
     s: dict[str, float] = defaultdict(float)
     La = min(b.actions.shape[1], out["actions"].shape[1])
     valid = b.action_mask[:, :La].bool()  # (B, La)
@@ -98,6 +103,9 @@ def sample_metrics(model: WallWM, b: WorldActionBatch, seed: int, steps: int | N
         s["copy_obs_psnr"] += float(_psnr(fo, ft).sum())
         s["frame_ssim"] += float(_ssim(fp, ft).sum())
         s["copy_obs_ssim"] += float(_ssim(fo, ft).sum())
+        # one step from the same noise: the tower's posterior-mean estimate of the frame
+        mean = model.sample_video(model.encode(q, b.mode, video_noise=noise[0]), noise[0], 1)
+        s["frame_psnr_1step"] += float(_psnr(mean[:, :, :Fn].flatten(0, 2), ft).sum())
     return dict(s)
 
 
@@ -120,9 +128,13 @@ def finish(sums: dict[str, float]) -> dict[str, float]:
         out["end_abs_err_frames"] = sums["end_abs_err_frames"] / sums["n_ends"]
     nf = sums.get("n_frames", 0.0)
     if nf > 0:
-        for k in ("frame_psnr", "copy_obs_psnr", "frame_ssim", "copy_obs_ssim"):
-            out[k] = sums[k] / nf
+        for k in ("frame_psnr", "copy_obs_psnr", "frame_ssim", "copy_obs_ssim",
+                  "frame_psnr_1step"):
+            if k in sums:
+                out[k] = sums[k] / nf
         out["psnr_gain_db"] = out["frame_psnr"] - out["copy_obs_psnr"]
+        if "frame_psnr_1step" in out:
+            out["psnr_gain_db_1step"] = out["frame_psnr_1step"] - out["copy_obs_psnr"]
     return out
 
 

@@ -187,3 +187,19 @@ def test_a_fresh_residual_video_tower_samples_the_observation():
     out = m.predict(b, steps=4, generator=torch.Generator().manual_seed(0))
     want = b.obs[:, :, None].expand_as(out["frames"])
     torch.testing.assert_close(out["frames"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_one_step_frame_figure_is_predicts_one_step_sample_from_the_same_noise():
+    """`frame_psnr_1step` scores the frame one Euler step gives from the very noise the
+    N-step figures use (the posterior-mean estimate), so it equals `predict(steps=1)`'s figure
+    and differs from the N-step sample of a model that is not a copy of the observation."""
+    from wallwm.train.validation import finish, sample_metrics
+
+    m = fitted()
+    b = batch(m.cfg, "event", seed=5)
+    many = finish(sample_metrics(m, b, seed=11, steps=6))
+    one = finish(sample_metrics(m, b, seed=11, steps=1))
+    assert many["frame_psnr_1step"] == pytest.approx(one["frame_psnr"], rel=1e-6)
+    assert abs(many["frame_psnr"] - many["frame_psnr_1step"]) > 1e-3
+    assert many["psnr_gain_db_1step"] == pytest.approx(
+        many["frame_psnr_1step"] - many["copy_obs_psnr"])

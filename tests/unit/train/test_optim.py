@@ -168,6 +168,26 @@ def test_make_optimizer_on_wallwm() -> None:
         assert all(id(q) in ids for g in opt2.param_groups for q in g["params"])
 
 
+def test_a_stage_lr_factor_reaches_the_optimizer_of_that_stage_only() -> None:
+    from wallwm.config import load_params
+    from wallwm.train.loop import stage_params
+
+    p, model = _wallwm()
+    p = load_params("params.yaml", sets=["train.stage_lr={end_to_end: 0.25}",
+                                         "train.stage_steps={end_to_end: 40}"])
+
+    def peak(stage: str) -> dict[str, float]:  # each kind's lr at the end of warm-up
+        opt, sched = make_optimizer(model, stage_params(p, stage).train)
+        for _ in range(p.train.warmup_steps - 1):
+            sched.step()
+        return {g["kind"]: g["lr"] for g in opt.param_groups}
+
+    full, e2e = peak("video"), peak("end_to_end")
+    assert full == pytest.approx({"muon": p.train.lr, "adamw": p.train.adamw_lr})
+    assert e2e == pytest.approx({k: 0.25 * v for k, v in full.items()})
+    assert stage_params(p, "end_to_end").train.max_steps == 40
+
+
 def test_lightning_counts_one_global_step_per_step(tmp_path) -> None:
     import lightning as L
 
