@@ -13,6 +13,7 @@ from components.stack import read_stack_env
 from components.stack.home import stack_id
 from components.stack.process import marked_processes
 from tests.conftest import ROOT, SERVICE_VARS, free_port_params
+from tests.unit.distill.world import MICRO
 
 pytestmark = pytest.mark.e2e
 WALLWM = str(Path(sys.executable).parent / "wallwm")
@@ -37,7 +38,10 @@ def test_stack_up_retrain_down(tmp_path):
                WALLWM_DVC_REPO=str(repo))
     demo = ["--params", "profiles/demo.yaml"]  # what `make run` passes
     sets = [a for s in free_port_params() for a in ("--set", s)]
-    run_sets = ["--set", "data.sources=[sim:episodes=4]", "--set", "train.max_steps=6",
+    # the micro model of the distillation/export tests: this test checks the chain's wiring,
+    # stage by stage; `make run` itself trains the tiny preset (its time: benchmarks, e2e)
+    run_sets = ["--set", f"model.presets.micro={MICRO}", "--set", "model.preset=micro",
+                "--set", "data.sources=[sim:episodes=4]", "--set", "train.max_steps=6",
                 "--set", "train.val_every=3", "--set", "train.batch_size=4",
                 "--set", "train.val_batches=2",
                 "--set", "distill.max_steps=6", "--set", "distill.val_every=3",
