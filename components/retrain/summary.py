@@ -79,6 +79,7 @@ def markdown_summary(out: dict[str, Any]) -> str:
 
 def console_summary(console, out: dict[str, Any], seconds: float, prefect_ui: str) -> None:
     """The final lines of `wallwm retrain` / `make run`."""
+    from rich.markup import escape
     from rich.table import Table
 
     end = out.get("end", {})
@@ -88,9 +89,19 @@ def console_summary(console, out: dict[str, Any], seconds: float, prefect_ui: st
     t = Table(show_header=True, header_style="bold")
     for col in ("stage", "status", "s", "MLflow run / detail"):
         t.add_column(col, overflow="fold")
-    for row in _rows(out):
-        t.add_row(*row)
+    rows = _rows(out)
+    for name, status, secs, cell in rows:  # a URL folded over two lines is not clickable:
+        if cell.startswith("http"):  # a short hyperlink here, the whole URL on its own below
+            cell = f"[link={cell}]run {cell.rsplit('/', 1)[-1][:8]}[/link]"
+        else:
+            cell = escape(cell)
+        t.add_row(name, status, secs, cell)
     console.print(t)
+    links = [(name, cell) for name, _, _, cell in rows if cell.startswith("http")]
+    if links:
+        console.print("MLflow runs:")
+        for name, url in links:
+            console.print(f"  {name:<15} {url}", soft_wrap=True, highlight=False)
     reused = out["report"].reused
     console.print(f"reused stages: {', '.join(reused) if reused else 'none (all ran)'}")
     tr = out.get("train", {})
