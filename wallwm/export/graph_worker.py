@@ -52,10 +52,15 @@ def export_graphs(specs: list[GraphSpec], out_dir: Path, opset: int, max_text: i
                             protocol=pickle.HIGHEST_PROTOCOL)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, "-m", "wallwm.export.graph_worker", str(jobs)]
-        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
-                 for _ in range(min(workers, len(order)))]
-        stderr = [p.communicate()[1] for p in procs]
+        logs = [jobs / f"worker-{i}.log" for i in range(min(workers, len(order)))]
+        procs = []
+        for log in logs:  # a file, not a pipe: a worker's warnings never block it
+            with log.open("w") as f:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                              stderr=f))
+        for proc in procs:
+            proc.wait()
+        stderr = [log.read_text(errors="replace") for log in logs]
         for i, s in enumerate(order):
             err = jobs / f"{i:02d}-{s.name}.err.json"
             if err.exists():
