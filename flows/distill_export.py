@@ -352,7 +352,8 @@ def export_key(student_uri: str, p: Params, runtime_episodes: int) -> str:
 
     from components.tracking.runs import git_state
 
-    blob = json.dumps({"student": student_uri, "export": p.export.model_dump(mode="json"),
+    blob = json.dumps({"student": student_uri,  # how many processes trace: not an input
+                       "export": p.export.model_dump(mode="json", exclude={"workers"}),
                        "eval": p.eval.model_dump(mode="json"), "runtime": runtime_episodes,
                        "code": git_state()[0]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
