@@ -104,8 +104,8 @@ def sample_metrics(model: WallWM, b: WorldActionBatch, seed: int, steps: int | N
         s["frame_ssim"] += float(_ssim(fp, ft).sum())
         s["copy_obs_ssim"] += float(_ssim(fo, ft).sum())
         # one step from the same noise: the tower's posterior-mean estimate of the frame
-        mean = model.sample_video(model.encode(q, b.mode, video_noise=noise[0]), noise[0], 1)
-        s["frame_psnr_1step"] += float(_psnr(mean[:, :, :Fn].flatten(0, 2), ft).sum())
+        x0 = model.sample_video(model.encode(q, b.mode, video_noise=noise[0]), noise[0], 1)
+        s["frame_psnr_1step"] += float(_psnr(x0[:, :, :Fn].flatten(0, 2), ft).sum())
     return dict(s)
 
 
