@@ -88,10 +88,33 @@ def fit_on_ray(worker_fn: Callable[[dict], dict[str, Any] | None], config: dict[
     result = trainer.fit()
     if result.error:
         raise result.error
+    _prune_orphans(fs, f"{root}/{name}", result)
     if result.checkpoint is not None:  # rank 0's files, wherever it ran
         _restore_into(result.checkpoint, stage_dir,
                       {k: Path(config[k]) for k in control["return_keys"]})
     return dict(result.metrics or {})
+
+
+def _prune_orphans(fs, run_root: str, result: Any) -> list[str]:
+    """Delete the run's `checkpoint_*` folders that Ray Train's checkpoint manager does not
+    hold. A run killed after uploading a checkpoint but before recording it leaves such a folder;
+    the resumed run's manager never learns of it, so `num_to_keep` would never delete it.
+    Only after a successful fit, and only when the manager holds at least one checkpoint."""
+    import pyarrow.fs as pafs
+
+    kept = {Path(c.path).name for c, _ in (result.best_checkpoints or [])}
+    if result.checkpoint is not None:
+        kept.add(Path(result.checkpoint.path).name)
+    if not kept:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(run_root, allow_not_found=True))
+    orphans = sorted(i.path for i in infos if i.type == pafs.FileType.Directory
+                     and i.base_name.startswith("checkpoint_") and i.base_name not in kept)
+    for path in orphans:
+        fs.delete_dir(path)
+        _LOG.info("deleted checkpoint %s: left by an interrupted run, not held by Ray Train's "
+                  "checkpoint manager (it holds %d)", path, len(kept))
+    return orphans
 
 
 # ----------------------------------------------------------------------------- storage

@@ -188,6 +188,11 @@ def test_two_node_training_keeps_checkpoints_in_s3_and_resumes(cluster, sim_buil
         first.communicate(timeout=30)
     assert first.returncode == -9 and len(_checkpoints(name)) < STEPS // EVERY  # not finished
     shutil.rmtree(stage_dir)  # nothing local left: the resume has to come from S3
+    # what a run killed between uploading a checkpoint and recording it leaves behind: a folder
+    # Ray Train's checkpoint manager does not know, so num_to_keep alone would never delete it
+    bucket, _, prefix = STORAGE[len("s3://"):].partition("/")
+    orphan = f"{prefix}/{name}/checkpoint_2000-01-01_00-00-00.000000/last.ckpt"
+    _s3().put_object(Bucket=bucket, Key=orphan, Body=b"left by a killed run")
 
     second = _driver(cluster, cfg)
     out, _ = second.communicate(timeout=300)
@@ -199,6 +204,7 @@ def test_two_node_training_keeps_checkpoints_in_s3_and_resumes(cluster, sim_buil
     assert result["final_val"] is not None and result["final_val"] == result["final_val"]
     assert (stage_dir / "last.ckpt").is_file() and (stage_dir / "result.json").is_file()
     keys = _checkpoints(name)
+    assert orphan not in keys, keys  # the unrecorded folder was pruned after the run
     assert 1 <= len(keys) <= 2, keys  # kept in S3; older ones deleted (num_to_keep=2)
     assert all(k.startswith(STORAGE.split("/", 3)[3] + f"/{name}/checkpoint_") for k in keys)
 
