@@ -204,7 +204,8 @@ def run(smoke: bool = False, out_dir: Path | None = None) -> dict[str, Figure]:
         "", f"Build `{manifest['build_id']}` ({manifest['counts']['episodes']} episodes, "
             f"{', '.join(base.data.sources)}), profile `{PROFILE.relative_to(ROOT)}`"
             f"{' + smoke overrides' if smoke else ''}; {n} episode(s) per task and condition, "
-            f"the same episodes for every row; train {train_s:.0f} s, closed loop "
+            f"the same episodes for every row; training {train_s:.0f} s in this run (stages "
+            f"finished earlier are reused: their own times are listed below), closed loop "
             f"{eval_s:.0f} s, total {time.perf_counter() - t_start:.0f} s.", "",
         *[f"- {line}" for line in log], "",
         "## Success rate (Meta-World's success flag), 95% Wilson interval", "",
