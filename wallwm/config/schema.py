@@ -278,6 +278,10 @@ class TrainParams(Section):
     loss: LossWeights = LossWeights()
     val_every: PositiveInt = 50
     balance_temperature: float = Field(0.5, ge=0.0, le=1.0)
+    event_stride: int = Field(0, ge=0, description="event mode, train split: also an item "
+                              "every n frames inside each event (the rest of the event from "
+                              "there, the question a receding-horizon loop asks mid-event); "
+                              "0: event starts only")
     pack_length: PositiveInt = 256
     val_batches: PositiveInt | None = Field(None, description="held-out batches per "
                                             "validation pass; null: the whole val split")

@@ -3,8 +3,11 @@
 Why it looks the way it does:
 
 * One item per **action event** (event mode) or per **frame** (unified mode) of the episodes of
-  one split. Splits are by episode (`splits.json` / `episodes.parquet`), never by frame, so no
-  frame of a validation episode is ever trained on; `resolve_splits` asserts it.
+  one split; with `train.event_stride` = s the train split also has an item every s frames
+  inside each event: the rest of the event from there (the closed loop replans mid-event with
+  the same caption, which event starts alone never show the model). Splits are by episode
+  (`splits.json` / `episodes.parquet`), never by frame, so no frame of a validation episode is
+  ever trained on; `resolve_splits` asserts it.
 * Items decode only the frames they need (`decode_at` on the episode's video segment, the same
   seek `LeRobotReader.decode_frames` does) and keep readers and the small per-episode arrays
   (state, action, timestamps, moving-camera poses) cached **per worker process**: the caches
@@ -124,6 +127,7 @@ class Ref:
     event_id: str = ""
     label: str = ""
     caption: str = ""
+    offset: int = 0  # event mode: the observation frame is start + offset (a suffix item)
 
 
 def read_annotations(path: Path) -> dict[int, list[Ann]]:
@@ -175,11 +179,15 @@ class EventDataset(Dataset):
                  cfg: WallWMConfig | None = None, mode: str = "event",
                  caption_drop: CaptionDropper | None = None, epoch: int = 0,
                  vocabulary: Sequence[str] = (), tiers: Sequence[str] | None = None,
-                 unified_stride: int = 1, episodes: pd.DataFrame | None = None) -> None:
+                 unified_stride: int = 1, episodes: pd.DataFrame | None = None,
+                 event_stride: int = 0) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split={split!r}: use 'train' or 'val'")
         if mode not in ("event", "unified"):
             raise ValueError(f"mode={mode!r}: use 'event' or 'unified'")
+        if int(event_stride) < 0:
+            raise ValueError(f"event_stride={event_stride}: use 0 (event starts only) or a "
+                             f"positive frame stride (train.event_stride)")
         self.build = Path(build_dir)
         self.split, self.mode, self.epoch = split, mode, int(epoch)
         self.cfg = cfg or WallWMConfig()
@@ -206,9 +214,10 @@ class EventDataset(Dataset):
                     end = min(a.end, int(r.length))
                     if end <= a.start:
                         continue
-                    self.refs.append(Ref(**base, start=a.start, end=end,
+                    offsets = range(0, end - a.start, int(event_stride)) if event_stride else (0,)
+                    self.refs.extend(Ref(**base, start=a.start, end=end,
                                          event_id=f"{ds}/{ep}/{j}", label=a.label,
-                                         caption=a.caption))
+                                         caption=a.caption, offset=o) for o in offsets)
             else:
                 for t in range(0, int(r.length), max(1, int(unified_stride))):
                     self.refs.append(Ref(**base, start=t, end=t + 1))
@@ -354,25 +363,31 @@ class EventDataset(Dataset):
         return s, acts, act is not None
 
     def _event(self, r: Ref, epoch: int) -> dict[str, Any]:
+        """The event from frame t = start + offset: observation and state at t, the actions of
+        [t, end) (at most max_event_len), the boundary frame end - 1 and the end flag. A suffix
+        item (offset > 0) is the question the receding-horizon loop asks mid-event: the same
+        caption and boundary, the rest of the event. The caption drop is per event (its id and
+        full length), so all of an event's items agree."""
         cfg = self.cfg
+        t = r.start + r.offset
         L_ev = r.end - r.start
-        La = min(L_ev, cfg.max_event_len)
-        f = self.frames(r.dataset, r.episode, [r.start, r.end - 1])  # (V, 2, 3, H, W)
-        state, acts, has = self._state_actions(r, r.start, r.start + La)
+        La = min(r.end - t, cfg.max_event_len)
+        f = self.frames(r.dataset, r.episode, [t, r.end - 1])  # (V, 2, 3, H, W)
+        state, acts, has = self._state_actions(r, t, t + La)
         keep = self.caption_drop is None or self.caption_drop.keep(r.event_id, L_ev, epoch)
         etype = self.vocab.get(r.label, -1)
         if etype >= cfg.event_types:
             etype = -1
         end = torch.zeros(La)
-        if La == L_ev:  # a truncated event does not end inside its window
+        if La == r.end - t:  # a truncated event does not end inside its window
             end[-1] = 1.0
-        k, e, cal = self.cameras(r.dataset, r.episode, [r.start, r.end - 1])
+        k, e, cal = self.cameras(r.dataset, r.episode, [t, r.end - 1])
         return dict(
             obs=f[:, 0], future=f[:, 1:2], text=r.caption if keep else "", cot=None,
             # caption-free means vision-only: the event type would leak what the caption said
             event_type=etype if keep else -1,
             state=state, actions=acts, action_mask=torch.full((La,), has), event_end=end,
-            intrinsics=k, extrinsics=e, calibrated=cal, abs_time=r.start / r.fps,
+            intrinsics=k, extrinsics=e, calibrated=cal, abs_time=t / r.fps,
             mode="event", event_id=r.event_id, caption_kept=keep)
 
     def _unified(self, r: Ref) -> dict[str, Any]:
@@ -523,7 +538,9 @@ class WallWMDataModule(L.LightningDataModule):
     Train: cluster-balanced (`params.train.balance_temperature`, seed `params.project.seed`),
     with caption drop (`params.data.caption_drop`), `params.train.val_every` batches per epoch
     per rank (a checkpoint per epoch, so a resumed run sees the same order). Val: the val split
-    in order, no drop, no balancing. Needs `Trainer(use_distributed_sampler=False)`.
+    in order, no drop, no balancing, event starts only (`train.event_stride` strides the train
+    split alone, so validation figures stay comparable across strides). Needs
+    `Trainer(use_distributed_sampler=False)`.
     """
 
     def __init__(self, build_dir: Path | str, params: Any, mode: str = "event",
@@ -551,7 +568,8 @@ class WallWMDataModule(L.LightningDataModule):
                       tiers=self.tiers, unified_stride=self.unified_stride, episodes=eps)
         self.train_set = EventDataset(
             self.build_dir, "train", caption_drop=CaptionDropper(
-                cd.seed, cd.lo, cd.hi, cd.short_frames, cd.long_frames), **common)
+                cd.seed, cd.lo, cd.hi, cd.short_frames, cd.long_frames),
+            event_stride=int(self.params.train.event_stride), **common)
         self.val_set = EventDataset(self.build_dir, "val", caption_drop=None, **common)
         if len(self.train_set) == 0:
             raise ValueError(f"{self.build_dir}: no {self.mode} items in the train split"

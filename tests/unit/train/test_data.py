@@ -128,6 +128,50 @@ def test_event_items_follow_the_annotations(build, cfg, params):
         torch.testing.assert_close(it["extrinsics"][0, 0], it["extrinsics"][0, 1])  # fixed
 
 
+def test_event_stride_adds_the_rest_of_each_event_from_inside_it(build, cfg, params):
+    """train.event_stride: items at start, start + s, ... of every event; each one is the rest
+    of the event from its frame (state, actions, obs and time there) with the event's own
+    boundary frame, caption and end flag; the caption drop decides per event."""
+    base = _ds(build, cfg, params)
+    drop = CaptionDropper(0, 0.5, 0.5, 1, 2)
+    ds = EventDataset(build, "train", cfg, mode="event", caption_drop=drop,
+                      vocabulary=params.data.annotate.vocabulary, event_stride=3)
+    starts = {(r.episode, r.start, r.end) for r in base.refs}
+    assert {(r.episode, r.start, r.end) for r in ds.refs} == starts
+    want = sorted((e, s, o) for e, s, end in starts for o in range(0, end - s, 3))
+    assert sorted((r.episode, r.start, r.offset) for r in ds.refs) == want
+    assert len(ds) > len(base)
+    reader = LeRobotReader(build / "t3_robot_real/sim")
+    cam = sorted(reader.video_keys)[0]
+    r = max((r for r in ds.refs if r.offset > 0), key=lambda r: r.offset)
+    i = ds.refs.index(r)
+    it, first = ds[i], ds[ds.refs.index(next(x for x in ds.refs if x.event_id == r.event_id
+                                             and x.offset == 0))]
+    t0 = r.start + r.offset
+    tab = reader.read_rows(r.episode).to_pandas()
+    np.testing.assert_allclose(it["actions"].numpy(), np.stack(tab["action"])[t0:r.end])
+    np.testing.assert_allclose(it["state"].numpy(), np.stack(tab["observation.state"])[t0])
+    assert it["event_end"][-1] == 1 and it["event_end"].sum() == 1
+    assert it["abs_time"] == pytest.approx(t0 / r.fps)
+    f = torch.from_numpy(reader.decode_frames(cam, r.episode, [t0, r.end - 1]))
+    f = f.permute(0, 3, 1, 2).float() / 127.5 - 1
+    torch.testing.assert_close(it["obs"][0], f[0])
+    torch.testing.assert_close(it["future"][0, 0], f[1])  # the event's own boundary frame
+    torch.testing.assert_close(it["future"], first["future"])
+    assert it["caption_kept"] == first["caption_kept"]  # one drop decision per event
+    assert (it["text"], it["event_type"]) == (first["text"], first["event_type"])
+    with pytest.raises(ValueError, match="event_stride=-1"):
+        EventDataset(build, "train", cfg, mode="event", event_stride=-1)
+
+
+def test_the_data_module_strides_events_in_train_only(build):
+    p = load_params(ROOT / "params.yaml", sets=[*SETS, "train.event_stride=2"])
+    dm = WallWMDataModule(build, p)
+    dm.setup()
+    assert any(r.offset > 0 for r in dm.train_set.refs)
+    assert all(r.offset == 0 for r in dm.val_set.refs)  # validation asks at event starts
+
+
 def test_unified_chunks_pad_at_the_episode_end_and_carry_cot(build, cfg, params):
     ds = _ds(build, cfg, params, "unified")
     last = max(range(len(ds)), key=lambda i: (ds.refs[i].episode, ds.refs[i].start))

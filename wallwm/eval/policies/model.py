@@ -13,8 +13,9 @@ caption (wallwm/eval/policies/planner.py) and advances it when the predicted end
 instruction alone and takes the fixed-length chunk. Once the planner's last event ended,
 `after_plan` decides: `hold` (no motion, the last grip command) or `unified`.
 
-Training gives event mode its observation at an event's first frame; replanning inside an
-event shows it a mid-event frame with the same caption, asking for the rest of the event.
+Replanning inside an event shows the model a mid-event frame with the same caption, asking for
+the rest of the event: `train.event_stride` > 0 trains exactly that question (with event starts
+alone it is out of distribution: README "Evaluation" has the measured difference).
 """
 
 from __future__ import annotations
