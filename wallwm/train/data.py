@@ -5,7 +5,9 @@ Why it looks the way it does:
 * One item per **action event** (event mode) or per **frame** (unified mode) of the episodes of
   one split; with `train.event_stride` = s the train split also has an item every s frames
   inside each event: the rest of the event from there (the closed loop replans mid-event with
-  the same caption, which event starts alone never show the model). Splits are by episode
+  the same caption, which event starts alone never show the model); these items share their
+  event's id, and the balanced sampler splits the event's probability over them
+  (`sampling_groups`), so long events are not drawn more often. Splits are by episode
   (`splits.json` / `episodes.parquet`), never by frame, so no frame of a validation episode is
   ever trained on; `resolve_splits` asserts it.
 * Items decode only the frames they need (`decode_at` on the episode's video segment, the same
@@ -234,6 +236,14 @@ class EventDataset(Dataset):
         return s
 
     # ------------------------------------------------------------------ cluster ids
+    def sampling_groups(self) -> np.ndarray | None:
+        """(N,) event id per item in event mode (the suffix items of one event share it, so
+        the balanced sampler draws events, not items); None in unified mode, where every frame
+        is its own draw (natural chunk sampling)."""
+        if self.mode != "event":
+            return None
+        return np.array([r.event_id for r in self.refs], dtype=object)
+
     def cluster_ids(self, table: dict[str, int]) -> np.ndarray:
         """(N,) int64 joint cluster per item. Events missing from `table` get a cluster of
         their own; unified frames take the cluster of the action event covering them, and
@@ -581,6 +591,7 @@ class WallWMDataModule(L.LightningDataModule):
         overlap = set(self.train_set.episode_keys) & set(self.val_set.episode_keys)
         assert self.val_set.split == "train" or not overlap, f"split overlap: {overlap}"
         self.cluster_ids = self.train_set.cluster_ids(cluster_table(self.build_dir))
+        self.sampling_groups = self.train_set.sampling_groups()
 
     def _collator(self) -> EventCollator:
         return EventCollator(self.build_dir / "tokenizer.json", self.cfg, pack=self.pack,
@@ -605,7 +616,8 @@ class WallWMDataModule(L.LightningDataModule):
         self.train_sampler = EpochClusterSampler(
             self.cluster_ids, float(self.params.train.balance_temperature),
             num_samples=self.batches_per_epoch * self.batch_size * world,
-            seed=int(self.params.project.seed), num_replicas=world, rank=rank)
+            seed=int(self.params.project.seed), num_replicas=world, rank=rank,
+            group_ids=self.sampling_groups)
         tr = getattr(self, "trainer", None)
         if tr is not None:
             self.train_sampler.set_epoch(int(tr.current_epoch))

@@ -101,3 +101,40 @@ def test_balance_metrics():
     assert normalized_entropy([7, 0, 0]) == pytest.approx(0.0)
     assert normalized_entropy({0: 1, 1: 1}) == pytest.approx(1.0)
     assert normalized_entropy([3]) == 1.0
+
+
+def test_events_with_many_items_are_not_drawn_more_often():
+    """Event-stride items: cluster 0 has 10 long events of 12 items each, cluster 1 has 10
+    events of 2 items. Events are what is balanced: both clusters have 10 events, so each gets
+    half of the draws at every temperature, and within a cluster every event is equally likely
+    with its share split over its items (counting items would give cluster 0 120/140 at tau=1
+    and sqrt(120)/(sqrt(120)+sqrt(20)) = 0.71 at tau=0.5)."""
+    ids, groups = [], []
+    for c, (n_ev, n_items) in enumerate([(10, 12), (10, 2)]):
+        for e in range(n_ev):
+            ids += [c] * n_items
+            groups += [f"c{c}/e{e}"] * n_items
+    ids, groups = np.array(ids), np.array(groups, dtype=object)
+    for tau in (0.0, 0.5, 1.0):
+        p = event_probabilities(ids, tau, groups)
+        assert p.sum() == pytest.approx(1.0)
+        assert p[ids == 0].sum() == pytest.approx(0.5)
+        per_event = {g: p[groups == g].sum() for g in set(groups)}
+        np.testing.assert_allclose(list(per_event.values()), 1 / 20)
+        np.testing.assert_allclose(p[ids == 0], 1 / 20 / 12)  # split evenly over its items
+        assert cluster_probabilities(ids, tau, groups) == pytest.approx({0: 0.5, 1: 0.5})
+    draw = np.fromiter(ClusterBalancedSampler(ids, 0.5, num_samples=20_000, seed=2,
+                                              group_ids=groups), int)
+    assert abs((ids[draw] == 0).mean() - 0.5) < 0.02
+    # the cluster share follows the number of events: 30 events of 1 item vs 10 of 12
+    ids2 = np.array([0] * 30 + [1] * 120)
+    groups2 = np.array([f"a{i}" for i in range(30)] + [f"b{i // 12}" for i in range(120)])
+    share = event_probabilities(ids2, 1.0, groups2)[ids2 == 0].sum()
+    assert share == pytest.approx(0.75)
+
+
+def test_an_event_split_across_clusters_is_refused():
+    with pytest.raises(ValueError, match="'e1'.*clusters 0 and 1"):
+        event_probabilities([0, 0, 1], 0.5, ["e0", "e1", "e1"])
+    with pytest.raises(ValueError, match="group_ids has 2 entries for 3 items"):
+        event_probabilities([0, 0, 1], 0.5, ["e0", "e1"])

@@ -171,6 +171,20 @@ def test_the_data_module_strides_events_in_train_only(build):
     assert any(r.offset > 0 for r in dm.train_set.refs)
     assert all(r.offset == 0 for r in dm.val_set.refs)  # validation asks at event starts
 
+    # the sampler draws events: an event's items share its probability, whatever their count
+    s = dm.train_dataloader().sampler
+    ev = np.array([r.event_id for r in dm.train_set.refs])
+    per_event = {e: s.probs[ev == e].sum() for e in set(ev)}
+    n_items = {e: int((ev == e).sum()) for e in set(ev)}
+    assert max(n_items.values()) > 1
+    clusters = dm.cluster_ids
+    for e, pe in per_event.items():  # events of one cluster: equally likely
+        same = [per_event[f] for f in per_event if clusters[ev == f][0] == clusters[ev == e][0]]
+        assert pe == pytest.approx(same[0])
+    unified = WallWMDataModule(build, p, mode="unified")
+    unified.setup()
+    assert unified.sampling_groups is None  # chunk mode draws frames
+
 
 def test_unified_chunks_pad_at_the_episode_end_and_carry_cot(build, cfg, params):
     ds = _ds(build, cfg, params, "unified")
