@@ -86,6 +86,7 @@ def run() -> dict[str, Figure]:
     wall = time.perf_counter() - t0
     stop.set()
     th.join()
+    (home.parent / "make_run.log").write_text(out)
     rerun_wall, rerun_out = float("nan"), ""
     if proc.returncode == 0:
         t1 = time.perf_counter()
@@ -95,6 +96,9 @@ def run() -> dict[str, Figure]:
         if again.returncode != 0:
             out, proc.returncode = rerun_out, again.returncode
     subprocess.run([wallwm, "stack", "down"], cwd=ROOT, env=env, capture_output=True)
+    # both runs' consoles (the per-stage summary table) stay beside the home, for profiling
+    (home.parent / "make_run_again.log").write_text(rerun_out)
+    print(f"e2e: consoles in {home.parent}/make_run.log and make_run_again.log", flush=True)
     if proc.returncode != 0:
         raise RuntimeError(f"make run failed:\n{out[-3000:]}")
     reused = [ln.strip() for ln in rerun_out.splitlines() if "reused" in ln.lower()][:12]
