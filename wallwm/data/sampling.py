@@ -28,14 +28,15 @@ from torch.utils.data import Sampler
 
 
 def _groups(cluster_ids: Sequence[int] | np.ndarray,
-            group_ids: Sequence[object] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(cluster per item (N,), dense event index per item (N,)); checks that an event lies
-    in one cluster."""
+            group_ids: Sequence[object] | np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cluster per item (N,), dense event index per item (N,), first item of each event
+    (E,)); checks that an event lies in one cluster."""
     ids = np.asarray(cluster_ids).ravel()
     if ids.size == 0:
         raise ValueError("no events")
     if group_ids is None:
-        return ids, np.arange(ids.size)
+        return ids, np.arange(ids.size), np.arange(ids.size)
     groups = np.asarray(group_ids, dtype=object).ravel()
     if groups.size != ids.size:
         raise ValueError(f"group_ids has {groups.size} entries for {ids.size} items")
@@ -47,7 +48,7 @@ def _groups(cluster_ids: Sequence[int] | np.ndarray,
         i = int(bad[0])
         raise ValueError(f"event {groups[i]!r} has items in clusters {int(ids[first[g[i]]])} "
                          f"and {int(ids[i])}: an event's items must share its cluster")
-    return ids, g
+    return ids, g, first
 
 
 def event_probabilities(cluster_ids: Sequence[int] | np.ndarray, temperature: float,
@@ -56,8 +57,7 @@ def event_probabilities(cluster_ids: Sequence[int] | np.ndarray, temperature: fl
     split equally over its items; sums to 1."""
     if not 0.0 <= temperature <= 1.0:
         raise ValueError(f"temperature must be in [0, 1], got {temperature}")
-    ids, g = _groups(cluster_ids, group_ids)
-    first = np.unique(g, return_index=True)[1]  # one item per event
+    ids, g, first = _groups(cluster_ids, group_ids)
     clusters, inverse = np.unique(ids, return_inverse=True)
     n_events = np.bincount(inverse[first], minlength=clusters.size)  # n_c
     items_per_event = np.bincount(g)
@@ -69,8 +69,7 @@ def cluster_probabilities(cluster_ids: Sequence[int] | np.ndarray, temperature: 
                           group_ids: Sequence[object] | np.ndarray | None = None
                           ) -> dict[int, float]:
     """{cluster: n_c^tau / sum_d n_d^tau}: the share of draws each cluster should get."""
-    ids, g = _groups(cluster_ids, group_ids)
-    first = np.unique(g, return_index=True)[1]
+    ids, _, first = _groups(cluster_ids, group_ids)
     clusters, sizes = np.unique(ids[first], return_counts=True)
     w = sizes.astype(np.float64) ** temperature
     return {int(c): float(x) for c, x in zip(clusters, w / w.sum(), strict=True)}
