@@ -19,9 +19,13 @@ run: venv
 	$(BIN)/wallwm retrain $(DEMO)
 
 ## test: the whole suite (services are started by fixtures on free ports)
+## (pytest-xdist: TEST_WORKERS processes, whole modules each, the `slow` ones first; each
+## worker starts its own stack on free ports; TEST_WORKERS=0 runs in one process)
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q $(XDIST)
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit -q

@@ -42,6 +42,24 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["DVC_NO_ANALYTICS"] = "1"
+# Under pytest-xdist (`make test` runs one worker per core) each worker gets its share of the
+# cores for torch's intra-op threads, and so do the subprocesses it starts: two workers each
+# running two threads on two cores would only contend.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Modules marked `slow(seconds=...)` run first, longest first (a stable sort: the order
+    within a module and among the rest stays). `make test` runs pytest-xdist with `--dist
+    loadfile --no-loadscope-reorder`, so a long module that started last would end the run
+    alone on one worker while the other idles."""
+    def cost(item) -> float:
+        m = item.get_closest_marker("slow")
+        return -float(m.kwargs.get("seconds", 60)) if m else 0.0
+
+    items.sort(key=cost)
 
 
 def free_port_params(**extra: str) -> list[str]:
@@ -95,11 +113,25 @@ def shared_datasets() -> Path:
     return SHARED_DATASETS
 
 
-@pytest.fixture(scope="session")
-def sim_build4(tmp_path_factory) -> Path:
-    """One real 4-episode sim build (one per task) shared by every test that trains or evaluates
-    on real data: building it costs about a minute on 2 cores, so it is made once a session."""
-    from tests.unit.build.test_bad_inputs import _build
+# What every worker of one run shares: pytest loads this file in the controlling process
+# before it starts the pytest-xdist workers, which inherit its environment.
+os.environ.setdefault("WALLWM_TEST_SHARED", str(_session_tmp / "shared"))
 
-    _, res = _build("sim:episodes=4", tmp_path_factory.mktemp("sim_build4") / "b")
-    return Path(res.path)
+
+def shared_dir() -> Path:
+    """A folder every worker of this test run finds, for what costs minutes to make and is only
+    read after: the 4-episode build and the micro world of tests/unit/distill/world.py (whose
+    `lock()` every writer takes). Without xdist it is this session's own folder."""
+    d = Path(os.environ["WALLWM_TEST_SHARED"])
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def sim_build4() -> Path:
+    """One real 4-episode sim build (one per task) shared by every test that trains or evaluates
+    on real data, and by the micro world: building it costs about a minute on 2 cores, so it
+    is made once a run (read-only for the tests)."""
+    from tests.unit.distill import world
+
+    return world.build()

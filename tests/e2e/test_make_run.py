@@ -15,7 +15,7 @@ from components.stack.process import marked_processes
 from tests.conftest import ROOT, SERVICE_VARS, free_port_params
 from tests.unit.distill.world import MICRO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow(seconds=310)]  # 2 cores, serial
 WALLWM = str(Path(sys.executable).parent / "wallwm")
 
 

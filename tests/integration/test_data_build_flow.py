@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from wallwm.config import load_params
 from wallwm.data.lerobot import LeRobotReader
 from wallwm.data.sources import make_source
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=140)]  # 2 cores, serial
 WALLWM = str(Path(sys.executable).parent / "wallwm")
 EPISODES = 4  # one per task
 
@@ -34,7 +35,10 @@ def repo(tmp_path_factory) -> Path:
 
 
 def _build(repo: Path, *extra: str) -> str:
-    env = dict(os.environ)
+    # a WALLWM_HOME of this module's own (the stack's addresses come from the environment):
+    # whether the first build is new must not depend on which test of this process built the
+    # same sources before (tests/integration/test_train_flow.py builds them too)
+    env = {**os.environ, "WALLWM_HOME": str(repo.with_name(repo.name + "-home"))}
     proc = subprocess.run(
         [WALLWM, "data", "build", "--sources", f"sim:episodes={EPISODES}", "--repo", str(repo),
          "--set", "data.workers=2", *extra],
@@ -44,6 +48,7 @@ def _build(repo: Path, *extra: str) -> str:
 
 
 def test_sim_build_reads_back_is_pinned_and_reused(stack, repo):
+    started_ms = int(time.time() * 1000)  # other tests of this process may log the same build
     out = _build(repo)
     assert "(new)" in out, out
     pin = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]
@@ -87,7 +92,8 @@ def test_sim_build_reads_back_is_pinned_and_reused(stack, repo):
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["wallwm"], output_format="list",
-                              filter_string=f"tags.`wallwm.build_id` = '{manifest['build_id']}'")
+                              filter_string=f"tags.`wallwm.build_id` = '{manifest['build_id']}'"
+                              f" and attributes.start_time >= {started_ms}")
     assert len(runs) == 2
     run = runs[0]
     assert run.data.tags["wallwm.data_dvc_md5"] == md5_before

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tests.unit.distill import world
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=90)]  # 2 cores, serial
 FAST = [*world.SETS, "distill.max_steps=6", "distill.val_every=3", "distill.modes=[event]",
         "distill.closed_loop_episodes=1", "distill.quality_batches=1",
         "eval.tasks=[push-v3]", "eval.max_steps=16", "eval.workers=1",

@@ -21,7 +21,7 @@ import torch
 from tests.conftest import ROOT
 from wallwm.config import load_params
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=90)]  # 2 cores, serial
 CLI = [sys.executable, "-m", "flows.cli_eval"]
 SMALL = ["--episodes", "1", "--set", "eval.tasks=[button-press-topdown-v3]",
          "--set", "eval.conditions=[new_layout]", "--set", "eval.max_steps=100",

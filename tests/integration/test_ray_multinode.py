@@ -28,7 +28,7 @@ from components.stack.ports import free_port, port_open
 from components.stack.process import MARKER, marked_processes, spawn, stop_marked, terminate
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=125)]  # 2 cores, serial
 BIN = Path(sys.executable).parent
 HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
 STORAGE = "s3://wallwm-ray/it-multinode"

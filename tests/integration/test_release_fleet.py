@@ -42,6 +42,18 @@ def fleet(world):
         a.wait_port()
     for a in agents:
         a.wait_for(lambda s: version_of(s) == "1.0.0" and s["active"]["committed"], 60, "v1")
+    # the director decides from the robots' signed reports, which an agent uploads after it
+    # commits: until they are in, it knows nothing and a robot follows its channel (seen
+    # under load: a `sync` before the reports left no assignment and everyone took 2.0.0)
+    deadline = time.monotonic() + 60
+
+    def reported(views) -> bool:
+        return len(views) == N and all(v.active_version == "1.0.0" and v.committed
+                                       for v in views.values())
+
+    while not reported(views := world.director.views()):
+        assert time.monotonic() < deadline, f"the director never saw every report: {views}"
+        time.sleep(0.2)
     yield agents
     for a in agents:
         a.stop()

@@ -38,7 +38,7 @@ from components.storage import S3Location, get_bytes, put_bytes, s3_client
 from tests.conftest import ROOT, SERVICE_VARS, free_port_params
 from wallwm.config import load_params
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=70)]  # 2 cores, serial
 BUCKET = "wallwm-dvc"
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=320)]  # 2 cores, serial
 BIN = Path(sys.executable).parent
 SMALL = ["--set", "train.batch_size=4", "--set", "train.val_every=5", "--set", "train.val_batches=2"]
 
@@ -28,15 +28,24 @@ def _env(stack) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def build(stack, tmp_path_factory) -> Path:
+def build(stack, sim_build4, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("trainrepo")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True)
-    # the data-build test's sources: that build is reused (content-addressed), then pinned here
+    # the run's shared 4-episode build (the same sources and params, so the same id) where the
+    # flows keep builds: `wallwm data build` reuses it (content-addressed) and pins it here
+    import json
+    import shutil
+
+    bid = json.loads((sim_build4 / "manifest.json").read_text())["build_id"]
+    final = Path(os.environ["WALLWM_HOME"]) / "builds" / bid
+    if not final.exists():
+        shutil.copytree(sim_build4, final)
     p = subprocess.run([str(BIN / "wallwm"), "data", "build", "--sources", "sim:episodes=4",
                         "--repo", str(repo)], cwd=ROOT, env=_env(stack), capture_output=True,
                        text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert f"build {bid} (reused)" in p.stdout, p.stdout[-2000:]
     return repo / "data"
 
 

@@ -1,10 +1,12 @@
 """A small real world for the distillation and export tests, made once per test session.
 
 A 4-episode sim build, a micro teacher trained on it for a few dozen steps (video, then
-action stage), its distilled student, and the student's exported bundle. Each piece is cached
-under the session's $WALLWM_HOME (tests/conftest.py gives every session its own), so the unit
-tests of wallwm/distill, wallwm/export and the integration test share one build and one export
-instead of making their own (the FP32 export is the slow part: torch.export per graph).
+action stage), its distilled student, and the student's exported bundle. The build, teacher
+and student are cached on disk in the run's shared folder (`tests.conftest.shared_dir`: one
+per run, found by every pytest-xdist worker) under one file lock, so the unit tests of
+wallwm/distill, wallwm/export, the trainers' tests and the integration tests share one build
+and one teacher instead of making their own; the export is made once per process (the FP32
+export is the slow part: torch.export per graph).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from functools import cache
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_dir
 
 MICRO = ("{width: 32, depth: 1, heads: 2, action_width: 32, action_depth: 1, action_heads: 2, "
          "image_size: 32, patch: 8, views: 2, frames: 2, action_dim: 4, state_dim: 4, "
@@ -32,9 +35,24 @@ TEACHER_STEPS = {"video": 30, "action": 40}
 
 
 def home() -> Path:
+    d = shared_dir() / "test-world"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def local() -> Path:
+    """This process's own folder (the session's $WALLWM_HOME): what it writes after the
+    shared pieces, such as the export, goes here, never into the shared folder."""
     d = Path(os.environ["WALLWM_HOME"]) / "test-world"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@cache
+def lock() -> FileLock:
+    """The one lock of this process on the shared world (reentrant: `teacher_checkpoint` holds
+    it while it calls `build`); another worker waits until the piece it needs is complete."""
+    return FileLock(str(home() / ".lock"))
 
 
 def params(*extra: str):
@@ -46,11 +64,12 @@ def params(*extra: str):
 @cache
 def build() -> Path:
     out = home() / "build"
-    if not (out / "manifest.json").exists():
-        from tests.unit.build.test_bad_inputs import _build
+    with lock():
+        if not (out / "manifest.json").exists():
+            from tests.unit.build.test_bad_inputs import _build
 
-        shutil.rmtree(out, ignore_errors=True)
-        _build("sim:episodes=4", out)
+            shutil.rmtree(out, ignore_errors=True)
+            _build("sim:episodes=4", out)
     return out
 
 
@@ -59,15 +78,16 @@ def teacher_checkpoint() -> Path:
     from wallwm.train.loop import run_stage
 
     prev = None
-    for stage, steps in TEACHER_STEPS.items():
-        d = home() / "teacher" / stage
-        done = d / "DONE"
-        if not done.exists():
-            p = params(f"train.max_steps={steps}", f"train.val_every={steps}")
-            torch.manual_seed(0)
-            res = run_stage(p, stage, build(), d, init_from=prev, resume=False)
-            done.write_text(res.best_checkpoint or res.last_checkpoint or "")
-        prev = Path(done.read_text())
+    with lock():
+        for stage, steps in TEACHER_STEPS.items():
+            d = home() / "teacher" / stage
+            done = d / "DONE"
+            if not done.exists():
+                p = params(f"train.max_steps={steps}", f"train.val_every={steps}")
+                torch.manual_seed(0)
+                res = run_stage(p, stage, build(), d, init_from=prev, resume=False)
+                done.write_text(res.best_checkpoint or res.last_checkpoint or "")
+            prev = Path(done.read_text())
     assert prev is not None
     return prev
 
@@ -86,10 +106,11 @@ def distilled() -> Path:
     from wallwm.distill.loop import run_distill
 
     d = home() / "distill"
-    if not (d / "result.json").exists():
-        torch.manual_seed(0)
-        r = run_distill(params(), teacher(), build(), d, resume=False)
-        (d / "result.json").write_text(json.dumps(r.__dict__))
+    with lock():
+        if not (d / "result.json").exists():
+            torch.manual_seed(0)
+            r = run_distill(params(), teacher(), build(), d, resume=False)
+            (d / "result.json").write_text(json.dumps(r.__dict__))
     return d
 
 
@@ -111,11 +132,11 @@ def contract() -> dict:
 @cache
 def exported():
     """(bundle folder, ExportResult) of the student, both modes, every precision, the video
-    step; its FP32 graphs are kept in `fp32/` for tests that reuse them."""
+    step; its FP32 graphs are kept in `local() / "fp32"` for tests that reuse them."""
     from wallwm.export.pipeline import export_bundle
 
-    out = home() / "bundle"
+    out = local() / "bundle"
     res = export_bundle(student(), build() / "tokenizer.json", contract(), build(), params(),
                         out, {"data_build": "test-build", "git": "test"},
-                        keep_fp32=home() / "fp32")
+                        keep_fp32=local() / "fp32")
     return out, res

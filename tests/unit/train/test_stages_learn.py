@@ -20,6 +20,7 @@ from wallwm.train.loop import run_stage
 from wallwm.train.module import WallWMModule
 
 ROOT = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.slow(seconds=215)  # 2 cores, serial
 # (stage, loss, its trivial baseline) per mode the stage trains
 CHECKS = {
     "video": [("event", "video_fm", "baseline/video_fm_copy_obs")],
