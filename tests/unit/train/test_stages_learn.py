@@ -5,6 +5,9 @@ the staircase stage's mean-latent predictor), not only below its own start.
 The losses are measured on training batches: these runs are too short to generalize, and the
 question here is whether each stage's losses, trainable parameters and inputs are wired so that
 it can learn at all (held-out figures are the benchmarks' job: benchmarks/bench_world_model.py).
+On the micro preset of the distillation tests (60 s of training on 2 cores instead of 190 s for
+the tiny preset at half the steps); measured 2026-12-04, deterministic run to run, each loss
+2 to 98% below its baseline (action 1.189 vs 1.215 is the closest).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.unit.distill.world import MICRO
 from wallwm.config import load_params
 from wallwm.train.data import data_module
 from wallwm.train.loop import run_stage
 from wallwm.train.module import WallWMModule
 
 ROOT = Path(__file__).resolve().parents[3]
-pytestmark = pytest.mark.slow(seconds=215)  # 2 cores, serial
+pytestmark = pytest.mark.slow(seconds=90)  # 2 cores, serial
 # (stage, loss, its trivial baseline) per mode the stage trains
 CHECKS = {
     "video": [("event", "video_fm", "baseline/video_fm_copy_obs")],
@@ -31,8 +35,8 @@ CHECKS = {
     "end_to_end": [("event", "action_fm", "baseline/action_fm_mean_var"),
                    ("unified", "video_fm", "baseline/video_fm_copy_obs")],
 }
-STEPS = {"video": 30, "action": 50, "reasoning": 30, "staircase": 20, "next_chunk": 30,
-         "end_to_end": 20}
+STEPS = {"video": 60, "action": 100, "reasoning": 60, "staircase": 40, "next_chunk": 60,
+         "end_to_end": 40}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,8 @@ def _params(stage: str):
         f"train.val_every={STEPS[stage]}",
         "train.batch_size=4", "train.val_sample_batches=0", "train.val_batches=1",
         "train.decoder_steps=80",
-        "model.denoise_steps=2", "train.warmup_steps=5"])
+        "model.denoise_steps=2", "train.warmup_steps=5",
+        f"model.presets.micro={MICRO}", "model.preset=micro"])
 
 
 def _train_losses(module: WallWMModule, build: Path, params, mode: str, batches: int = 3
