@@ -135,3 +135,22 @@ def sim_build4() -> Path:
     from tests.unit.distill import world
 
     return world.build()
+
+
+@pytest.fixture(scope="session")
+def flows_build4(sim_build4) -> Path:
+    """`sim_build4` copied where the flows keep builds, <WALLWM_HOME>/builds/<build id> (this
+    process's own home), so `wallwm data build` of the same sources reuses it and the flows
+    find it by id. Copied to a temporary name, then renamed: never half there."""
+    import json
+    import shutil
+
+    bid = json.loads((sim_build4 / "manifest.json").read_text())["build_id"]
+    final = Path(os.environ["WALLWM_HOME"]) / "builds" / bid
+    if not final.exists():
+        tmp = final.with_name(f".{bid}.copying")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(sim_build4, tmp)
+        tmp.rename(final)
+    return final
+

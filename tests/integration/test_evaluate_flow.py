@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,14 +31,9 @@ GATES = ("closed_loop.success_rate", "closed_loop.success_ci_low",
 
 
 @pytest.fixture(scope="module")
-def build(stack, sim_build4) -> Path:
-    """The session's 4-episode sim build, copied where the flows keep builds:
-    <WALLWM_HOME>/builds/<build id>."""
-    bid = json.loads((sim_build4 / "manifest.json").read_text())["build_id"]
-    final = Path(os.environ["WALLWM_HOME"]) / "builds" / bid
-    if not final.exists():
-        shutil.copytree(sim_build4, final)
-    return final
+def build(stack, flows_build4) -> Path:
+    """The run's 4-episode sim build, where the flows keep builds."""
+    return flows_build4
 
 
 def _log_model(build: Path, name: str, contract_patch: dict | None = None) -> tuple[str, str]:

@@ -28,19 +28,13 @@ def _env(stack) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def build(stack, sim_build4, tmp_path_factory) -> Path:
+def build(stack, flows_build4, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("trainrepo")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True)
-    # the run's shared 4-episode build (the same sources and params, so the same id) where the
-    # flows keep builds: `wallwm data build` reuses it (content-addressed) and pins it here
-    import json
-    import shutil
-
-    bid = json.loads((sim_build4 / "manifest.json").read_text())["build_id"]
-    final = Path(os.environ["WALLWM_HOME"]) / "builds" / bid
-    if not final.exists():
-        shutil.copytree(sim_build4, final)
+    # the run's shared 4-episode build is in place (the same sources and params, so the same
+    # id): `wallwm data build` reuses it (content-addressed) and pins it here
+    bid = flows_build4.name
     p = subprocess.run([str(BIN / "wallwm"), "data", "build", "--sources", "sim:episodes=4",
                         "--repo", str(repo)], cwd=ROOT, env=_env(stack), capture_output=True,
                        text=True, timeout=900)
