@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from tests.unit.distill.world import MICRO
 from wallwm.config import load_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=90)]  # 2 cores, serial
@@ -37,8 +38,9 @@ def build(stack, flows_build4) -> Path:
 
 
 def _log_model(build: Path, name: str, contract_patch: dict | None = None) -> tuple[str, str]:
-    """A tiny untrained WALL-WM with the build's statistics, logged into a new training run
-    as flows/train.py does; returns (training run id, model URI)."""
+    """An untrained WALL-WM (the micro preset of the distillation tests: this module checks
+    the flow, not the model) with the build's statistics, logged into a new training run as
+    flows/train.py does; returns (training run id, model URI)."""
     from components.tracking import start_run
     from components.tracking.training import log_model
     from wallwm.eval.spec import ModelContract
@@ -46,7 +48,8 @@ def _log_model(build: Path, name: str, contract_patch: dict | None = None) -> tu
     from wallwm.model.wallwm import WallWM
     from wallwm.train.stats import train_split_stats
 
-    p = load_params(ROOT / "params.yaml")
+    p = load_params(ROOT / "params.yaml", sets=[f"model.presets.micro={MICRO}",
+                                                "model.preset=micro"])
     cfg = WallWMConfig.from_params(p)
     torch.manual_seed(0)
     m = WallWM(cfg).eval()

@@ -27,6 +27,7 @@ import pytest
 from components.stack.ports import free_port, port_open
 from components.stack.process import MARKER, marked_processes, spawn, stop_marked, terminate
 from tests.conftest import ROOT
+from tests.unit.distill.world import MICRO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=125)]  # 2 cores, serial
 BIN = Path(sys.executable).parent
@@ -158,7 +159,8 @@ def test_two_node_training_keeps_checkpoints_in_s3_and_resumes(cluster, sim_buil
 
     p = load_params(ROOT / "params.yaml", sets=[
         "train.stages=[action]", f"train.max_steps={STEPS}", f"train.val_every={EVERY}",
-        "train.batch_size=4", "train.val_batches=2"])
+        "train.batch_size=4", "train.val_batches=2",
+        f"model.presets.micro={MICRO}", "model.preset=micro"])  # Ray's wiring, not learning
     mlflow.set_experiment("it-ray-multinode")
     run = mlflow.MlflowClient().create_run(mlflow.get_experiment_by_name(
         "it-ray-multinode").experiment_id, run_name="multinode")

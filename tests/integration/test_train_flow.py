@@ -17,10 +17,14 @@ import mlflow
 import pytest
 
 from tests.conftest import ROOT
+from tests.unit.distill.world import MICRO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow(seconds=320)]  # 2 cores, serial
 BIN = Path(sys.executable).parent
-SMALL = ["--set", "train.batch_size=4", "--set", "train.val_every=5", "--set", "train.val_batches=2"]
+# the micro model of the distillation tests: this module checks tracking, lineage, resume and
+# Ray Train's storage, not learning (tests/unit/train/test_stages_learn.py)
+SMALL = ["--set", f"model.presets.micro={MICRO}", "--set", "model.preset=micro",
+         "--set", "train.batch_size=4", "--set", "train.val_every=5", "--set", "train.val_batches=2"]
 
 
 def _env(stack) -> dict[str, str]:

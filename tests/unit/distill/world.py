@@ -5,14 +5,15 @@ action stage), its distilled student, and the student's exported bundle. The bui
 and student are cached on disk in the run's shared folder (`tests.conftest.shared_dir`: one
 per run, found by every pytest-xdist worker) under one file lock, so the unit tests of
 wallwm/distill, wallwm/export, the trainers' tests and the integration tests share one build
-and one teacher instead of making their own; the export is made once per process (the FP32
-export is the slow part: torch.export per graph).
+and one teacher instead of making their own; the student's export too (the slow part: torch.export
+per graph), which tests read and copy but never change.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from functools import cache
 from pathlib import Path
@@ -36,14 +37,6 @@ TEACHER_STEPS = {"video": 30, "action": 40}
 
 def home() -> Path:
     d = shared_dir() / "test-world"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def local() -> Path:
-    """This process's own folder (the session's $WALLWM_HOME): what it writes after the
-    shared pieces, such as the export, goes here, never into the shared folder."""
-    d = Path(os.environ["WALLWM_HOME"]) / "test-world"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -129,14 +122,31 @@ def contract() -> dict:
                                       p.data.annotate.vocabulary).to_json()
 
 
+def fp32() -> Path:
+    """The shared export's FP32 graphs (`<name>.onnx`), for tests that export again from them."""
+    exported()
+    return home() / "export" / "fp32"
+
+
 @cache
 def exported():
     """(bundle folder, ExportResult) of the student, both modes, every precision, the video
-    step; its FP32 graphs are kept in `local() / "fp32"` for tests that reuse them."""
+    step; its FP32 graphs are kept in `fp32()` for tests that reuse them. Made once per run
+    (temp folder, then rename: a worker killed mid-export leaves nothing another one trusts)."""
     from wallwm.export.pipeline import export_bundle
 
-    out = local() / "bundle"
-    res = export_bundle(student(), build() / "tokenizer.json", contract(), build(), params(),
-                        out, {"data_build": "test-build", "git": "test"},
-                        keep_fp32=local() / "fp32")
-    return out, res
+    d = home() / "export"
+    with lock():
+        if not (d / "result.pkl").exists():
+            tmp = home() / f".export-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            res = export_bundle(student(), build() / "tokenizer.json", contract(), build(),
+                                params(), tmp / "bundle", {"data_build": "test-build",
+                                                           "git": "test"},
+                                keep_fp32=tmp / "fp32")
+            res.bundle_dir = d / "bundle"
+            (tmp / "result.pkl").write_bytes(pickle.dumps(res))
+            shutil.rmtree(d, ignore_errors=True)
+            tmp.rename(d)
+    res = pickle.loads((d / "result.pkl").read_bytes())
+    return d / "bundle", res

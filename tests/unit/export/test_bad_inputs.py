@@ -24,7 +24,7 @@ NAMES = ("event_encoder", "event_action_step", "unified_encoder", "unified_actio
 @pytest.fixture(scope="module")
 def fp32() -> dict[str, Path]:
     world.exported()  # the session's export keeps its FP32 graphs
-    return {n: world.local() / "fp32" / f"{n}.onnx" for n in NAMES}
+    return {n: world.fp32() / f"{n}.onnx" for n in NAMES}
 
 
 def _export(tmp_path: Path, *sets: str, model=None, graphs=None) -> Path:

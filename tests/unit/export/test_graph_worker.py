@@ -55,7 +55,7 @@ def test_worker_graphs_equal_the_graphs_exported_in_process(tmp_path):
     spec = next(s for s in graph_specs(student, ("event",), False) if s.role == "action_step")
     here = export_graphs([spec], tmp_path, 21, student.cfg.max_text_len, student.cfg.frames,
                          workers=1)[spec.name]
-    there = world.local() / "fp32" / f"{spec.name}.onnx"
+    there = world.fp32() / f"{spec.name}.onnx"
     a, b = _content(onnx.load(str(here))), _content(onnx.load(str(there)))
     assert a == b and len(a["nodes"]) > 10
 

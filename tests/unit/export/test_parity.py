@@ -35,7 +35,7 @@ def test_parity_covers_every_graph_of_both_modes_and_both_towers(exported):
 @pytest.mark.parametrize("mode", ["event", "unified"])
 @pytest.mark.parametrize("batch,text", [(1, 3), (5, 24)])
 def test_encoder_takes_any_batch_and_text_length(mode, batch, text):
-    path = world.local() / "fp32" / f"{mode}_encoder.onnx"
+    path = world.fp32() / f"{mode}_encoder.onnx"
     model = world.student()
     ex = example_inputs(model, mode, batch=batch, text_len=text, seed=batch)
     got = run_named(session(onnx.load(str(path))), {k: v.numpy() for k, v in ex.items()})
@@ -50,8 +50,8 @@ def test_encoder_takes_any_batch_and_text_length(mode, batch, text):
 
 def test_step_graphs_read_only_encoder_outputs():
     for mode in ("event", "unified"):
-        enc = onnx.load(str(world.local() / "fp32" / f"{mode}_encoder.onnx"))
-        step = onnx.load(str(world.local() / "fp32" / f"{mode}_action_step.onnx"))
+        enc = onnx.load(str(world.fp32() / f"{mode}_encoder.onnx"))
+        step = onnx.load(str(world.fp32() / f"{mode}_action_step.onnx"))
         outs = {o.name for o in enc.graph.output}
         ins = {i.name for i in step.graph.input} - {"x_t", "t"}
         assert ins and ins <= outs, ins - outs

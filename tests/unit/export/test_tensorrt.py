@@ -39,7 +39,7 @@ def test_engines_build_on_an_fp8_gpu(tmp_path):
     out = tmp_path / "bundle"
     export_bundle(world.student(), world.build() / "tokenizer.json", world.contract(),
                   world.build(), world.params("export.tensorrt=true"), out,
-                  fp32_graphs={n: world.local() / "fp32" / f"{n}.onnx" for n in (
+                  fp32_graphs={n: world.fp32() / f"{n}.onnx" for n in (
                       "event_encoder", "event_action_step", "unified_encoder",
                       "unified_action_step", "video_step")})
     m = verify_bundle(out)
