@@ -2,7 +2,10 @@
 RESULTS.md, and copy the table into README.md.
 
 `python -m benchmarks.run_all [names...]` runs a subset (e.g. `data_build`); figures of the
-scripts not run are kept from the previous results.json.
+scripts not run are kept from the previous results.json. Every figure keeps when, at which
+commit and on how fast a machine it was measured (`measured`: date, git, the seconds of
+benchmarks/machine_speed.py's reference workload in that run), and the table shows it: absolute
+times from different runs compare only through that reference.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
+
+from benchmarks.machine_speed import reference_seconds
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -42,8 +47,14 @@ def machine() -> str:
 
 def git_rev() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        # uncommitted changes besides the results themselves: the code measured is not `rev`
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!benchmarks/results.json", ":!benchmarks/RESULTS.md",
+                                ":!README.md"],
+                               cwd=ROOT, text=True, capture_output=True, check=True).stdout
+        return rev + ("+changes" if dirty.strip() else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
 
@@ -69,14 +80,19 @@ def render(results: dict) -> str:
     lines = [
         f"Benchmarks on {results['machine']}, {results['date']} (git {results['git']}).",
         "",
-        "| figure | key | ours | baseline (same run) | baseline value | target | met | spread |",
-        "|---|---|---|---|---|---|---|---|",
+        "| figure | key | ours | baseline (same run) | baseline value | target | met | spread "
+        "| measured (UTC, git, reference s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, f in sorted(results["details"].items()):
         met = {True: "yes", False: "**no**", None: "-"}[f["met"]]
         base = f["baseline_value"] if f["baseline_value"] is not None else "-"
         lines.append(f"| {f['what']} | `{key}` | {f['value']} {f['unit']} | {f['baseline']} | "
-                     f"{base} | {f['target']} | {met} | {f['spread'][0]}-{f['spread'][1]} |")
+                     f"{base} | {f['target']} | {met} | {f['spread'][0]}-{f['spread'][1]} | "
+                     f"{_measured(f)} |")
+    lines += ["", "Reference s: benchmarks/machine_speed.py's fixed one-thread workload, timed in "
+              "the run that measured the figure (lower: faster machine); absolute times (s) from "
+              "runs with different reference seconds are not comparable as they stand."]
     missed = [f for f in results["details"].values() if f["met"] is False]
     if missed:
         lines += ["", "### Targets missed", ""]
@@ -85,12 +101,22 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _measured(f: dict) -> str:
+    m = f.get("measured")
+    if not m:
+        return "before 2026-12-04 (not recorded)"
+    return f"{m['date']}, {m['git']}, {m['ref_s']}"
+
+
 def main(names: list[str]) -> int:
     all_names = sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
     todo = names or all_names
     prev = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"details": {}}
     details = dict(prev.get("details", {}))
     failed = []
+    measured = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"), "git": git_rev(),
+                "ref_s": reference_seconds()}
+    print(f"reference workload: {measured['ref_s']} s", flush=True)
     for name in todo:
         print(f"== bench_{name}", flush=True)
         try:
@@ -99,7 +125,7 @@ def main(names: list[str]) -> int:
             traceback.print_exc()
             failed.append(name)
             continue
-        details.update(figs)
+        details.update({k: {**f, "measured": measured} for k, f in figs.items()})
         for k, f in figs.items():
             print(f"   {k} = {f['value']} {f['unit']} (target {f['target']})", flush=True)
     results = {
