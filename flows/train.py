@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.compute.ray_train import fit_on_ray, ray_lightning_kwargs, train_storage
+from components.retrain.summary import stage_line
 from components.stack.home import project_root, wallwm_home
 from components.tracking import dataset_entry, start_run
 from components.tracking.runs import base_tags
@@ -103,8 +104,7 @@ def train_stage(p: Params, stage: str, build_dir: Path, stage_dir: Path, init_fr
                   "best": res.best_checkpoint, "last": res.last_checkpoint, "steps": res.steps,
                   "figures": [str(f) for f in res.figures],
                   "metrics": _stage_metrics(res.metrics)}
-    log.info("stage %s: val %s -> %s in %s steps", stage, result["initial_val"],
-             result["final_val"], result["steps"])
+    log.info("stage %s: %s", stage, stage_line(stage, result))
     return result
 
 

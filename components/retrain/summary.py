@@ -33,6 +33,26 @@ def _prefect_ui() -> str:
     return api[: -len("/api")] if api.endswith("/api") else api
 
 
+def stage_line(name: str, st: dict[str, Any]) -> str:
+    """A training stage's validation loss, first and last, beside the trivial predictor's on
+    the same draws (a loss that falls but stays above it has learned nothing useful yet)."""
+    from wallwm.model.config import LossWeights
+    from wallwm.train.stages import stage
+
+    iv, fv = st.get("initial_val"), st.get("final_val")
+    text = (f"validation loss {'resumed' if iv is None else f'{iv:.4f}'} -> "
+            f"{'-' if fv is None else f'{fv:.4f}'} ({st.get('steps', '?')} steps")
+    try:
+        base = stage(name, LossWeights()).baseline
+    except ValueError:
+        base = None
+    b = (st.get("metrics") or {}).get(base[0]) if base else None
+    if base and b is not None and fv is not None:
+        verdict = "below it" if fv < b else "NOT below it: nothing learned beyond it yet"
+        text += f"; {base[1]} {b:.4f}, {verdict}"
+    return text + ")"
+
+
 def _rows(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(stage, status, seconds, link or detail) per stage of the report."""
     rows = []
@@ -55,6 +75,11 @@ def markdown_summary(out: dict[str, Any]) -> str:
     if data:
         lines += [f"Data build `{data['build_id']}` ({data['counts']['episodes']} episodes, "
                   f"data.dvc md5 `{data.get('dvc_md5')}`)", ""]
+    stages = (out.get("train") or {}).get("stages") or {}
+    if stages:
+        lines += ["Training (validation loss, first and last):", ""]
+        lines += [f"- `{name}`: {stage_line(name, st)}" for name, st in stages.items()]
+        lines.append("")
     lines += ["| stage | status | seconds | MLflow run / detail |", "|---|---|---|---|"]
     for name, status, sec, link in _rows(out):
         cell = f"[run]({link})" if link.startswith("http") else link.replace("|", "/")
@@ -106,10 +131,7 @@ def console_summary(console, out: dict[str, Any], seconds: float, prefect_ui: st
     console.print(f"reused stages: {', '.join(reused) if reused else 'none (all ran)'}")
     tr = out.get("train", {})
     for name, st in (tr.get("stages") or {}).items():
-        iv, fv = st.get("initial_val"), st.get("final_val")
-        console.print(f"  train {name:<10} validation loss "
-                      f"{'resumed' if iv is None else f'{iv:.4f}'} -> "
-                      f"{'-' if fv is None else f'{fv:.4f}'} ({st.get('steps', '?')} steps)")
+        console.print(f"  train {name:<10} {stage_line(name, st)}", highlight=False)
     if tr.get("model_uri"):
         console.print(f"  model:      {tr['model_uri']} (training run {tr['mlflow_run_id']})")
     console.print(f"  MLflow UI:  {mlflow.get_tracking_uri()}")

@@ -33,6 +33,9 @@ class Stage:
     tiers: tuple[str, ...]
     monitor: str  # the validation loss that says whether the stage learned
     distill: bool = False
+    # (validation metric, name) of the trivial predictor the monitor is read against, measured
+    # on the same draws: a stage learned only if its loss ends below this one
+    baseline: tuple[str, str] | None = None
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -46,21 +49,26 @@ class Stage:
 def stage(name: str, w: LossWeights) -> Stage:
     """The stage `name` with the loss weights of params (`train.loss`) where it uses a loss."""
     zero = LossWeights(video=0.0, action=0.0, event_end=0.0, cot=0.0)
+    copy_obs = ("val/baseline/video_fm_copy_obs", "copy-the-observation")
+    mean_var = ("val/baseline/action_fm_mean_var", "mean/variance predictor")
+    no_latents = ("val/baseline/cot_no_latents", "decoder without CoT latents")
     table = {
         "video": Stage("video", ("video",), "event", LossWeights(**{**zero.__dict__, "video": w.video}),
-                       ALL_TIERS, "val/video_fm"),
+                       ALL_TIERS, "val/video_fm", baseline=copy_obs),
         "action": Stage("action", ("action",), "event",
                         LossWeights(**{**zero.__dict__, "action": w.action,
-                                       "event_end": w.event_end}), ROBOT_TIERS, "val/action_fm"),
+                                       "event_end": w.event_end}), ROBOT_TIERS,
+                        "val/action_fm", baseline=mean_var),
         "reasoning": Stage("reasoning", ("reasoning",), "unified",
                            LossWeights(**{**zero.__dict__, "cot": max(w.cot, 1e-3)}),
-                           ROBOT_TIERS, "val/cot"),
+                           ROBOT_TIERS, "val/cot", baseline=no_latents),
         "staircase": Stage("staircase", ("reasoning",), "unified",
                            LossWeights(**{**zero.__dict__, "cot": max(w.cot, 1e-3)}), ROBOT_TIERS,
-                           "val/distill", distill=True),
+                           "val/distill", distill=True,
+                           baseline=("val/baseline/distill_mean_latent", "mean latent")),
         "next_chunk": Stage("next_chunk", ("action",), "unified",
                             LossWeights(**{**zero.__dict__, "action": w.action}), ROBOT_TIERS,
-                            "val/action_fm"),
+                            "val/action_fm", baseline=mean_var),
         "end_to_end": Stage("end_to_end", ("video", "action", "reasoning"), "mixed", w,
                             ROBOT_TIERS, "val/loss"),
     }
