@@ -33,6 +33,9 @@ def _prefect_ui() -> str:
     return api[: -len("/api")] if api.endswith("/api") else api
 
 
+LEARNED_MARGIN = 0.01  # a loss within 1% of the trivial predictor's is read as not learned
+
+
 def stage_line(name: str, st: dict[str, Any]) -> str:
     """A training stage's validation loss, first and last, beside the trivial predictor's on
     the same draws (a loss that falls but stays above it has learned nothing useful yet)."""
@@ -47,8 +50,10 @@ def stage_line(name: str, st: dict[str, Any]) -> str:
     except ValueError:
         base = None
     b = (st.get("metrics") or {}).get(base[0]) if base else None
-    if base and b is not None and fv is not None:
-        verdict = "below it" if fv < b else "NOT below it: nothing learned beyond it yet"
+    if base and b is not None and fv is not None and b > 0:
+        gap = (b - fv) / b  # share of the trivial predictor's loss the model removed
+        verdict = (f"{gap:.1%} below it" if gap >= LEARNED_MARGIN else
+                   f"{gap:+.1%}: nothing learned beyond it yet")
         text += f"; {base[1]} {b:.4f}, {verdict}"
     return text + ")"
 
@@ -131,7 +136,8 @@ def console_summary(console, out: dict[str, Any], seconds: float, prefect_ui: st
     console.print(f"reused stages: {', '.join(reused) if reused else 'none (all ran)'}")
     tr = out.get("train", {})
     for name, st in (tr.get("stages") or {}).items():
-        console.print(f"  train {name:<10} {stage_line(name, st)}", highlight=False)
+        console.print(f"  train {name:<10} {stage_line(name, st)}", highlight=False,
+                      soft_wrap=True)
     if tr.get("model_uri"):
         console.print(f"  model:      {tr['model_uri']} (training run {tr['mlflow_run_id']})")
     console.print(f"  MLflow UI:  {mlflow.get_tracking_uri()}")

@@ -50,16 +50,16 @@ def _train(final_video: float) -> dict:
 def test_each_stage_is_read_against_its_trivial_baseline():
     buf = io.StringIO()
     console = Console(file=buf, width=200, color_system=None)
-    summary.console_summary(console, {"report": _Report({}), "train": _train(0.0385),
+    summary.console_summary(console, {"report": _Report({}), "train": _train(0.0384),
                                       "end": {"state": "Completed", "message": "released"}},
                             635.0, "http://127.0.0.1:4205")
     lines = {ln.split()[1]: ln for ln in buf.getvalue().splitlines()
              if ln.startswith("  train ")}
-    assert "copy-the-observation 0.0385, NOT below it" in lines["video"]
-    assert "0.0385 -> 0.0385 (200 steps" in lines["video"]
-    assert "mean/variance predictor 1.5330, below it" in lines["action"]
+    assert "copy-the-observation 0.0385, +0.3%: nothing learned beyond it yet" in lines["video"]
+    assert "0.0385 -> 0.0384 (200 steps" in lines["video"]
+    assert "mean/variance predictor 1.5330, 2.9% below it" in lines["action"]
     assert "resumed -> 0.9000 (50 steps)" in lines["end_to_end"]  # a mixture: no one baseline
     md = summary.markdown_summary({"report": _Report({}), "train": _train(0.0301),
                                    "end": {"state": "Completed", "message": "released"}})
     assert "- `video`: validation loss 0.0385 -> 0.0301 (200 steps; copy-the-observation " \
-           "0.0385, below it)" in md
+           "0.0385, 21.8% below it)" in md
