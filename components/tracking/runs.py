@@ -22,13 +22,17 @@ from wallwm.util.atomic import sha256_file
 
 def git_state(cwd: Path | None = None) -> tuple[str, bool]:
     """(commit sha, dirty) of the checkout; ("unknown", False) outside git. Dirty means
-    tracked files differ from the commit (untracked files do not count)."""
+    tracked *code* differs from the commit: untracked files and the DVC pins (`*.dvc`,
+    `dvc.lock`) do not count, because the data stage itself rewrites `data.dvc` when it pins a
+    new build (its md5 is on every run as `wallwm.data_dvc_md5`), and a run on a clean clone
+    would otherwise be tagged dirty by the pipeline's own write."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!*.dvc",
+             ":!dvc.lock"],
             cwd=cwd,
             capture_output=True,
             text=True,
