@@ -2,13 +2,17 @@
 
 Every test session gets its own WALLWM_HOME and PREFECT_HOME in a temp folder, and none of the
 developer's service variables: services are started by the `stack` fixture on free ports,
-from the same code `wallwm stack up` runs, and stopped at the end.
+from the same code `wallwm stack up` runs, and stopped at the end. The folder stays after the
+run (its service logs explain a failure) and is removed by a run a day later
+(`WALLWM_TEST_KEEP_HOURS`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,30 @@ SERVICE_VARS = (
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
-_session_tmp = Path(tempfile.mkdtemp(prefix="wallwm-test-"))
+TMP_PREFIX = "wallwm-test-"
+
+
+def remove_old_test_homes(parent: Path, keep_hours: float, now: float | None = None) -> list[Path]:
+    """Remove the `wallwm-test-*` folders of earlier runs under `parent` older than
+    `keep_hours` (their services' logs are what a failed run needs, so they stay that long;
+    each run leaves ~1 GiB, which filled a dev machine's /tmp over a few days). Returns what
+    was removed; a folder another user owns or that vanishes meanwhile is skipped."""
+    now = time.time() if now is None else now
+    gone = []
+    for d in parent.glob(TMP_PREFIX + "*"):
+        try:
+            if d.is_dir() and not d.is_symlink() and now - d.stat().st_mtime > keep_hours * 3600:
+                shutil.rmtree(d)
+                gone.append(d)
+        except OSError:
+            continue
+    return gone
+
+
+if "PYTEST_XDIST_WORKER" not in os.environ:  # the controlling process only: workers start later
+    remove_old_test_homes(Path(tempfile.gettempdir()),
+                          float(os.environ.get("WALLWM_TEST_KEEP_HOURS", "24")))
+_session_tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
 for _v in SERVICE_VARS:
     os.environ.pop(_v, None)
 os.environ["WALLWM_HOME"] = str(_session_tmp / "home")
