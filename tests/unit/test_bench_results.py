@@ -57,3 +57,13 @@ def test_a_failed_benchmark_stamps_nothing_and_fails_the_run(files, monkeypatch)
     assert run_all.main(["e2e"]) == 1
     details = json.loads((files / "results.json").read_text())["details"]
     assert list(details) == ["old_s"] and "measured" not in details["old_s"]
+
+
+def test_e2e_reads_each_stages_seconds_from_the_retrain_log():
+    from benchmarks.bench_e2e import stage_seconds
+
+    log = ("20:13:49.1 | INFO | Flow run 'x' - stage health done in 3.1 s\n"
+           "noise: stage train ... \n"
+           "20:16:01.0 | INFO | Flow run 'x' - stage train reused in 1.2 s\n"
+           "20:23:40.3 | INFO | Flow run 'x' - stage distill_export done in 442.2 s\n")
+    assert stage_seconds(log) == {"health": 3.1, "train": 1.2, "distill_export": 442.2}
