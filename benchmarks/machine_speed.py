@@ -9,8 +9,7 @@ GEMMs with an activation (torch's CPU kernels and dispatch) and plain Python loo
 
 from __future__ import annotations
 
-import statistics
-import time
+from benchmarks.harness import timed
 
 
 def _once() -> None:
@@ -35,12 +34,7 @@ def reference_seconds(repeats: int = 5) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _once()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            _once()
-            times.append(time.perf_counter() - t0)
+        median, _ = timed(_once, repeats=repeats, warmup=1)
     finally:
         torch.set_num_threads(threads)
-    return round(statistics.median(times), 4)
+    return round(median, 4)

@@ -31,8 +31,8 @@ def git_state(cwd: Path | None = None) -> tuple[str, bool]:
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!*.dvc",
-             ":!dvc.lock"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+             ":(top,exclude)*.dvc", ":(top,exclude)**/dvc.lock", ":(top,exclude)dvc.lock"],
             cwd=cwd,
             capture_output=True,
             text=True,

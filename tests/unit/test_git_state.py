@@ -31,6 +31,7 @@ def test_a_repinned_dvc_file_is_not_dirty_but_changed_code_is(tmp_path):
 
     (tmp_path / "train.py").write_text("x = 2\n")
     assert git_state(tmp_path) == (sha, True)
+    assert git_state(tmp_path / "sub") == (sha, True)  # from a subfolder: the whole checkout
     assert git_revision(tmp_path) == sha + "-dirty"
 
 
